@@ -1,0 +1,4 @@
+//! fieldgate: an edge gateway from field protocols to the cloud.
+#![forbid(unsafe_code)]
+
+pub mod queue;

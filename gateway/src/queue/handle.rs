@@ -1,0 +1,108 @@
+//! Async access to a [`Queue`] shared by the writer and the forwarders.
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use fieldgate_adapter::Reading;
+use tokio::sync::watch;
+
+use super::{AppendOutcome, Queue, QueueError, QueueStats, Queued};
+
+/// A cloneable, async handle to the queue.
+///
+/// SQLite calls are blocking, so every operation runs on tokio's blocking pool. A `watch`
+/// channel carries the last committed sequence id, so forwarders sleep until there is
+/// something new instead of polling the database.
+#[derive(Debug, Clone)]
+pub struct QueueHandle {
+    inner: Arc<Mutex<Queue>>,
+    committed: watch::Sender<u64>,
+}
+
+impl QueueHandle {
+    /// Wraps an open queue.
+    pub fn new(queue: Queue) -> Self {
+        let last = queue.next_seq() - 1;
+        let (committed, _) = watch::channel(last);
+        QueueHandle {
+            inner: Arc::new(Mutex::new(queue)),
+            committed,
+        }
+    }
+
+    async fn with<T, F>(&self, f: F) -> Result<T, QueueError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Queue) -> Result<T, QueueError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut q = inner.lock().map_err(|_| QueueError::Poisoned)?;
+            f(&mut q)
+        })
+        .await
+        .map_err(|e| QueueError::Task(e.to_string()))?
+    }
+
+    /// Appends a batch (one transaction) and wakes the forwarders.
+    pub async fn append(&self, readings: Vec<Reading>) -> Result<AppendOutcome, QueueError> {
+        let outcome = self.with(move |q| q.append(&readings)).await?;
+        if let Some((_, last)) = outcome.seqs {
+            self.committed.send_replace(last);
+        }
+        Ok(outcome)
+    }
+
+    /// Up to `limit` readings after `after`.
+    pub async fn peek(&self, after: u64, limit: usize) -> Result<Vec<Queued>, QueueError> {
+        self.with(move |q| q.peek(after, limit)).await
+    }
+
+    /// Acknowledges everything through `through` for `uplink`.
+    pub async fn ack(&self, uplink: &str, through: u64, delivered: u64) -> Result<u64, QueueError> {
+        let uplink = uplink.to_string();
+        self.with(move |q| q.ack(&uplink, through, delivered)).await
+    }
+
+    /// Moves rejected rows to the dead-letter table for `uplink`.
+    pub async fn dead_letter(&self, uplink: &str, seqs: Vec<u64>, error: String) -> Result<(), QueueError> {
+        let uplink = uplink.to_string();
+        self.with(move |q| q.dead_letter(&uplink, &seqs, &error)).await
+    }
+
+    /// Drops readings older than `max_age`.
+    pub async fn expire(&self) -> Result<u64, QueueError> {
+        self.with(|q| q.expire(SystemTime::now())).await
+    }
+
+    /// The watermark of `uplink`.
+    pub async fn watermark(&self, uplink: &str) -> Result<Option<u64>, QueueError> {
+        let uplink = uplink.to_string();
+        self.with(move |q| Ok(q.watermark(&uplink))).await
+    }
+
+    /// Counters and gauges.
+    pub async fn stats(&self) -> Result<QueueStats, QueueError> {
+        self.with(|q| q.stats()).await
+    }
+
+    /// Watches the last committed sequence id.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
+
+    /// Closes the queue (checkpointing the WAL) if this is the last handle; otherwise does
+    /// nothing and the last holder closes it on drop.
+    pub async fn close(self) -> Result<(), QueueError> {
+        let QueueHandle { inner, .. } = self;
+        match Arc::try_unwrap(inner) {
+            Ok(mutex) => {
+                let queue = mutex.into_inner().map_err(|_| QueueError::Poisoned)?;
+                tokio::task::spawn_blocking(move || queue.close())
+                    .await
+                    .map_err(|e| QueueError::Task(e.to_string()))?
+            }
+            Err(_) => Ok(()),
+        }
+    }
+}

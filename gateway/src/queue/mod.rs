@@ -1,0 +1,787 @@
+//! The store-and-forward queue: readings on disk until every uplink has them.
+//!
+//! [`Queue`] is a single SQLite database in WAL mode holding an append-only `readings` table
+//! keyed by a sequence id (`INTEGER PRIMARY KEY`). Sequence ids are assigned by the queue, are
+//! never reused (the next id is persisted, not derived from the table), and are what the cloud
+//! de-duplicates on after an at-least-once redelivery.
+//!
+//! * **Append** ([`Queue::append`]) writes a whole batch in one transaction (group commit): one
+//!   WAL commit, and with `durability = "power-loss"` one fsync, per batch, not per reading.
+//! * **Peek** ([`Queue::peek`]) reads rows after a position without removing them.
+//! * **Ack** ([`Queue::ack`]) moves one uplink's watermark forward. Rows at or below *every*
+//!   configured uplink's watermark are removed with one range delete.
+//! * **Caps**: `max_bytes` (live pages of the database) and `max_age` (time since the batch
+//!   was appended), with [`WhenFull`] deciding what gives when the byte cap is reached. Every
+//!   dropped reading is counted by reason in the `state` row, which survives restarts.
+//!
+//! Rows always form one contiguous range of sequence ids (drops and deletes only ever cut the
+//! front; a refused batch never gets ids), so depth is `last - first + 1` without a scan.
+//!
+//! [`QueueHandle`] wraps a queue for async code (blocking calls on the blocking pool) and
+//! tells forwarders when new rows are committed. [`Inspector`] opens a queue read-only, safe
+//! beside a running gateway, for `fieldgate queue stats|peek`.
+
+mod handle;
+mod series;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fieldgate_adapter::{Quality, Reading, Value};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+pub use handle::QueueHandle;
+use series::SeriesCache;
+
+/// What a committed reading survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// `synchronous = NORMAL`: a committed batch survives the process being killed (kill -9,
+    /// a panic, the OOM killer), but the last batches before a power cut may be lost. The
+    /// database is never corrupted either way. The fastest, and the gentlest on SD cards.
+    #[default]
+    Crash,
+    /// `synchronous = FULL`: every commit is fsynced, so a committed batch also survives a
+    /// power cut. One fsync per batch, not per reading.
+    PowerLoss,
+}
+
+/// What the queue does when `max_bytes` is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Delete the oldest readings to make room (counted as `dropped_oldest`). Keeps the
+    /// freshest data; the default.
+    #[default]
+    DropOldest,
+    /// Refuse the incoming batch (counted as `dropped_newest`). Keeps the oldest data.
+    DropNewest,
+    /// Accept nothing until uplinks make room: adapters wait (backpressure). Loses nothing
+    /// the queue holds, but devices that cannot wait will lose readings at the source.
+    Block,
+}
+
+/// How a queue is opened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueOptions {
+    /// What a committed batch survives.
+    pub durability: Durability,
+    /// Cap on the live size of the database, in bytes; `None` for no cap.
+    pub max_bytes: Option<u64>,
+    /// Readings queued longer than this are dropped (counted as `dropped_age`).
+    pub max_age: Option<Duration>,
+    /// What gives when `max_bytes` is reached.
+    pub when_full: WhenFull,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        QueueOptions {
+            durability: Durability::Crash,
+            max_bytes: None,
+            max_age: None,
+            when_full: WhenFull::DropOldest,
+        }
+    }
+}
+
+/// Errors from the queue.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// SQLite failed (disk full, I/O error, locked beyond the busy timeout).
+    #[error("queue database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// `when_full = "block"` and the byte cap is reached: retry once uplinks made room.
+    #[error("queue is full ({used} of {max} bytes) and when_full = \"block\"")]
+    Full {
+        /// Live bytes in the database.
+        used: u64,
+        /// The configured cap.
+        max: u64,
+    },
+    /// The database is not one this version understands.
+    #[error("{0}")]
+    Incompatible(String),
+    /// The queue's lock was poisoned by a panic in another task.
+    #[error("queue lock poisoned by an earlier panic")]
+    Poisoned,
+    /// A blocking task failed to run.
+    #[error("queue task failed: {0}")]
+    Task(String),
+}
+
+/// A reading with the sequence id the queue gave it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queued {
+    /// Stable, monotonic, never reused.
+    pub seq: u64,
+    /// The reading as it was appended.
+    pub reading: Reading,
+}
+
+/// What happened to an appended batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Sequence ids given to the batch, `None` if it was refused (`drop_newest`) or empty.
+    pub seqs: Option<(u64, u64)>,
+    /// Readings deleted from the front to make room (`drop_oldest`).
+    pub dropped_oldest: u64,
+    /// Readings of this batch refused (`drop_newest`).
+    pub dropped_newest: u64,
+}
+
+/// Counters and gauges of a queue, as `fieldgate queue stats` prints them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    /// Readings waiting for at least one uplink.
+    pub depth: u64,
+    /// Sequence id of the oldest queued reading.
+    pub first_seq: Option<u64>,
+    /// Sequence id of the newest queued reading.
+    pub last_seq: Option<u64>,
+    /// Time since the oldest queued reading was appended.
+    #[serde(with = "opt_secs")]
+    pub oldest_age: Option<Duration>,
+    /// Bytes of live pages (what `max_bytes` caps).
+    pub used_bytes: u64,
+    /// Bytes of the database file and its WAL on disk.
+    pub file_bytes: u64,
+    /// Readings ever appended.
+    pub appended: u64,
+    /// Readings removed because every uplink acknowledged them.
+    pub delivered: u64,
+    /// Readings dropped because they were older than `max_age`.
+    pub dropped_age: u64,
+    /// Readings dropped from the front because the queue was full (`drop_oldest`).
+    pub dropped_oldest: u64,
+    /// Readings refused because the queue was full (`drop_newest`).
+    pub dropped_newest: u64,
+    /// Readings an uplink rejected for good, now in the dead-letter table.
+    pub dead_letters: u64,
+    /// Per-uplink positions.
+    pub uplinks: Vec<UplinkPosition>,
+}
+
+/// One uplink's position in the queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UplinkPosition {
+    /// The uplink's id.
+    pub uplink: String,
+    /// Highest sequence id it acknowledged.
+    pub acked: u64,
+    /// Queued readings it has not acknowledged yet.
+    pub pending: u64,
+    /// Readings it has delivered since the queue was created.
+    pub delivered: u64,
+}
+
+mod opt_secs {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    #[allow(clippy::ref_option)] // serde's `with` passes a reference to the field
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_f64(d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    next_seq INTEGER NOT NULL,
+    appended INTEGER NOT NULL DEFAULT 0,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    dropped_age INTEGER NOT NULL DEFAULT 0,
+    dropped_oldest INTEGER NOT NULL DEFAULT 0,
+    dropped_newest INTEGER NOT NULL DEFAULT 0,
+    dead_letters INTEGER NOT NULL DEFAULT 0
+);
+INSERT OR IGNORE INTO state (id, next_seq) VALUES (1, 1);
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    device TEXT NOT NULL,
+    point TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    UNIQUE (source, device, point, unit)
+);
+CREATE TABLE IF NOT EXISTS readings (
+    seq INTEGER PRIMARY KEY,
+    series INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    value,
+    reason TEXT
+);
+CREATE TABLE IF NOT EXISTS segments (
+    first_seq INTEGER PRIMARY KEY,
+    enq_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS watermarks (
+    uplink TEXT PRIMARY KEY,
+    acked INTEGER NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    uplink TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    series INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    value,
+    reason TEXT,
+    error TEXT NOT NULL,
+    failed_ms INTEGER NOT NULL
+);
+";
+
+// `kind` column: value type in the low 3 bits, quality above them.
+const K_BOOL: i64 = 0;
+const K_INT: i64 = 1;
+const K_FLOAT: i64 = 2;
+const K_TEXT: i64 = 3;
+const K_BYTES: i64 = 4;
+const Q_SHIFT: i64 = 3;
+const Q_BAD: i64 = 1;
+const Q_STALE: i64 = 2;
+
+/// The durable queue. Not `Sync`: share it through [`QueueHandle`].
+#[derive(Debug)]
+pub struct Queue {
+    conn: Connection,
+    path: PathBuf,
+    opts: QueueOptions,
+    series: SeriesCache,
+    next_seq: u64,
+    /// Watermarks of the configured uplinks.
+    watermarks: BTreeMap<String, u64>,
+}
+
+impl Queue {
+    /// Opens (or creates) the queue at `path` for the given uplinks.
+    ///
+    /// Uplinks new to this database start at the oldest queued reading, so nothing already
+    /// queued is withheld from them; watermarks of uplinks no longer configured are removed,
+    /// so they cannot pin the queue forever.
+    pub fn open(path: &Path, opts: QueueOptions, uplinks: &[&str]) -> Result<Queue, QueueError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                QueueError::Incompatible(format!("cannot create queue directory {}: {e}", dir.display()))
+            })?;
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(QueueError::Incompatible(format!(
+                "{} was written by a newer fieldgate (schema {version}, this one knows {SCHEMA_VERSION}); upgrade fieldgate or move the file away",
+                path.display()
+            )));
+        }
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(QueueError::Incompatible(format!(
+                "{} cannot use WAL mode (got {mode}); is it on a network filesystem?",
+                path.display()
+            )));
+        }
+        let sync = match opts.durability {
+            Durability::Crash => "NORMAL",
+            Durability::PowerLoss => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        // Keep the WAL from growing past a few MB after a checkpoint (SD card space).
+        conn.pragma_update(None, "journal_size_limit", 8 * 1024 * 1024)?;
+        conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+
+        let next_seq: i64 = conn.query_row("SELECT next_seq FROM state WHERE id = 1", [], |r| r.get(0))?;
+        let max_seq: Option<i64> = conn.query_row("SELECT max(seq) FROM readings", [], |r| r.get(0))?;
+        let next_seq = u64::try_from(next_seq.max(max_seq.unwrap_or(0) + 1)).unwrap_or(1);
+
+        let mut q = Queue {
+            conn,
+            path: path.to_path_buf(),
+            opts,
+            series: SeriesCache::default(),
+            next_seq,
+            watermarks: BTreeMap::new(),
+        };
+        q.register_uplinks(uplinks)?;
+        Ok(q)
+    }
+
+    fn register_uplinks(&mut self, uplinks: &[&str]) -> Result<(), QueueError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let first: Option<i64> = tx.query_row("SELECT min(seq) FROM readings", [], |r| r.get(0))?;
+        let start = first.map_or(self.next_seq, |f| f as u64).saturating_sub(1);
+        let existing: Vec<(String, i64)> = tx
+            .prepare("SELECT uplink, acked FROM watermarks")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (name, _) in &existing {
+            if !uplinks.contains(&name.as_str()) {
+                tracing::info!(uplink = %name, "uplink no longer configured; forgetting its queue position");
+                tx.execute("DELETE FROM watermarks WHERE uplink = ?1", [name])?;
+            }
+        }
+        self.watermarks.clear();
+        for name in uplinks {
+            let acked = match existing.iter().find(|(n, _)| n == name) {
+                Some((_, acked)) => *acked as u64,
+                None => {
+                    tx.execute(
+                        "INSERT INTO watermarks (uplink, acked) VALUES (?1, ?2)",
+                        params![name, start as i64],
+                    )?;
+                    start
+                }
+            };
+            self.watermarks.insert((*name).to_string(), acked);
+        }
+        if let Some(low) = self.watermarks.values().min().copied() {
+            Self::delete_through(&tx, low)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The file this queue lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The options it was opened with.
+    pub fn options(&self) -> &QueueOptions {
+        &self.opts
+    }
+
+    /// The sequence id the next appended reading will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Appends a batch in one transaction, applying the byte cap first.
+    pub fn append(&mut self, readings: &[Reading]) -> Result<AppendOutcome, QueueError> {
+        self.append_at(readings, SystemTime::now())
+    }
+
+    /// [`Queue::append`] with an explicit clock, for tests.
+    pub fn append_at(&mut self, readings: &[Reading], now: SystemTime) -> Result<AppendOutcome, QueueError> {
+        if readings.is_empty() {
+            return Ok(AppendOutcome::default());
+        }
+        let result = self.append_inner(readings, now);
+        if result.is_err() {
+            // The transaction rolled back; series ids it created are gone too.
+            self.series.clear();
+        }
+        result
+    }
+
+    fn append_inner(&mut self, readings: &[Reading], now: SystemTime) -> Result<AppendOutcome, QueueError> {
+        let mut outcome = AppendOutcome::default();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(max) = self.opts.max_bytes {
+            let used = used_bytes(&tx)?;
+            if used >= max {
+                match self.opts.when_full {
+                    WhenFull::Block => return Err(QueueError::Full { used, max }),
+                    WhenFull::DropNewest => {
+                        let n = readings.len() as u64;
+                        tx.execute("UPDATE state SET dropped_newest = dropped_newest + ?1 WHERE id = 1", [n as i64])?;
+                        tx.commit()?;
+                        outcome.dropped_newest = n;
+                        return Ok(outcome);
+                    }
+                    WhenFull::DropOldest => {
+                        outcome.dropped_oldest = Self::drop_oldest(&tx, used, max, readings.len() as u64)?;
+                    }
+                }
+            }
+        }
+        let first = self.next_seq;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO readings (seq, series, ts, kind, value, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            let mut seq = first;
+            for r in readings {
+                let series = self.series.id_for(&tx, r)?;
+                let (kind, value) = encode_value(&r.value);
+                let (q, reason) = match &r.quality {
+                    Quality::Good => (0, None),
+                    Quality::Bad(why) => (Q_BAD, Some(why.as_str())),
+                    Quality::Stale(why) => (Q_STALE, Some(why.as_str())),
+                };
+                insert.execute(params![
+                    seq as i64,
+                    series,
+                    micros(r.ts),
+                    kind | (q << Q_SHIFT),
+                    value,
+                    reason
+                ])?;
+                seq += 1;
+            }
+        }
+        let last = first + readings.len() as u64 - 1;
+        tx.prepare_cached("INSERT INTO segments (first_seq, enq_ms) VALUES (?1, ?2)")?
+            .execute(params![first as i64, millis(now)])?;
+        tx.prepare_cached("UPDATE state SET next_seq = ?1, appended = appended + ?2 WHERE id = 1")?
+            .execute(params![(last + 1) as i64, readings.len() as i64])?;
+        tx.commit()?;
+        self.next_seq = last + 1;
+        outcome.seqs = Some((first, last));
+        Ok(outcome)
+    }
+
+    /// Deletes enough of the oldest rows to bring live bytes under `max` with room for
+    /// `incoming` more rows. Returns how many were dropped.
+    fn drop_oldest(tx: &Connection, used: u64, max: u64, incoming: u64) -> Result<u64, QueueError> {
+        let (first, last) = seq_range(tx)?;
+        let (Some(first), Some(last)) = (first, last) else {
+            return Ok(0); // nothing to drop; the cap is smaller than the fixed overhead
+        };
+        let depth = last - first + 1;
+        let per_row = (used / depth).max(1);
+        let excess_rows = (used - max) / per_row + 1;
+        let n = (excess_rows + incoming).min(depth);
+        let through = first + n - 1;
+        let dropped = Self::delete_through(tx, through)?;
+        tx.execute("UPDATE state SET dropped_oldest = dropped_oldest + ?1 WHERE id = 1", [dropped as i64])?;
+        tracing::warn!(dropped, max_bytes = max, "queue full: dropped the oldest readings (when_full = \"drop_oldest\")");
+        Ok(dropped)
+    }
+
+    /// Deletes readings with `seq <= through` and the segments they emptied.
+    fn delete_through(tx: &Connection, through: u64) -> Result<u64, QueueError> {
+        let n = tx
+            .prepare_cached("DELETE FROM readings WHERE seq <= ?1")?
+            .execute([through as i64])?;
+        tx.prepare_cached(
+            "DELETE FROM segments WHERE first_seq < (SELECT max(first_seq) FROM segments WHERE first_seq <= ?1)",
+        )?
+        .execute([(through + 1) as i64])?;
+        Ok(n as u64)
+    }
+
+    /// Drops readings appended longer than `max_age` ago. Returns how many.
+    pub fn expire(&mut self, now: SystemTime) -> Result<u64, QueueError> {
+        let Some(max_age) = self.opts.max_age else {
+            return Ok(0);
+        };
+        let cutoff = millis(now.checked_sub(max_age).unwrap_or(UNIX_EPOCH));
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // The first segment young enough to keep; everything before it goes.
+        let keep_from: Option<i64> = tx
+            .query_row(
+                "SELECT min(first_seq) FROM segments WHERE enq_ms >= ?1",
+                [cutoff],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        let through = match keep_from {
+            Some(seq) => (seq as u64).saturating_sub(1),
+            None => self.next_seq - 1,
+        };
+        let dropped = Self::delete_through(&tx, through)?;
+        if dropped > 0 {
+            tx.execute("UPDATE state SET dropped_age = dropped_age + ?1 WHERE id = 1", [dropped as i64])?;
+            tracing::warn!(dropped, max_age = %humantime::format_duration(max_age), "dropped readings older than queue.max_age");
+        }
+        tx.commit()?;
+        Ok(dropped)
+    }
+
+    /// Up to `limit` readings with a sequence id above `after`, oldest first.
+    pub fn peek(&mut self, after: u64, limit: usize) -> Result<Vec<Queued>, QueueError> {
+        peek(&self.conn, &mut self.series, after, limit)
+    }
+
+    /// The acknowledged watermark of `uplink`.
+    pub fn watermark(&self, uplink: &str) -> Option<u64> {
+        self.watermarks.get(uplink).copied()
+    }
+
+    /// Records that `uplink` has durably delivered everything through `through`
+    /// (`delivered` of those rows were meant for it). Rows acknowledged by every uplink are
+    /// deleted. Returns the number of rows deleted. A watermark never moves backwards.
+    pub fn ack(&mut self, uplink: &str, through: u64, delivered: u64) -> Result<u64, QueueError> {
+        let Some(current) = self.watermarks.get(uplink).copied() else {
+            return Err(QueueError::Incompatible(format!("uplink `{uplink}` is not registered with the queue")));
+        };
+        if through <= current {
+            return Ok(0);
+        }
+        let through = through.min(self.next_seq - 1);
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.prepare_cached("UPDATE watermarks SET acked = ?1, delivered = delivered + ?2 WHERE uplink = ?3")?
+            .execute(params![through as i64, delivered as i64, uplink])?;
+        let old_low = self.watermarks.values().min().copied().unwrap_or(0);
+        let mut new_marks = self.watermarks.clone();
+        new_marks.insert(uplink.to_string(), through);
+        let new_low = new_marks.values().min().copied().unwrap_or(0);
+        let mut removed = 0;
+        if new_low > old_low {
+            removed = Self::delete_through(&tx, new_low)?;
+            tx.prepare_cached("UPDATE state SET delivered = delivered + ?1 WHERE id = 1")?
+                .execute([removed as i64])?;
+        }
+        tx.commit()?;
+        self.watermarks = new_marks;
+        Ok(removed)
+    }
+
+    /// Copies the given rows to the dead-letter table for `uplink`, with the reason it
+    /// rejected them. The caller then acks them for that uplink.
+    pub fn dead_letter(&mut self, uplink: &str, seqs: &[u64], error: &str) -> Result<(), QueueError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = millis(SystemTime::now());
+        let mut n = 0;
+        {
+            let mut copy = tx.prepare_cached(
+                "INSERT INTO dead_letters (uplink, seq, series, ts, kind, value, reason, error, failed_ms)
+                 SELECT ?1, seq, series, ts, kind, value, reason, ?2, ?3 FROM readings WHERE seq = ?4",
+            )?;
+            for seq in seqs {
+                n += copy.execute(params![uplink, error, now, *seq as i64])?;
+            }
+        }
+        tx.execute("UPDATE state SET dead_letters = dead_letters + ?1 WHERE id = 1", [n as i64])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> Result<QueueStats, QueueError> {
+        stats(&self.conn, &self.path, SystemTime::now())
+    }
+
+    /// Checkpoints the WAL into the database and closes it.
+    pub fn close(self) -> Result<(), QueueError> {
+        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.conn.close().map_err(|(_, e)| QueueError::Sqlite(e))
+    }
+}
+
+/// A read-only view of a queue, safe to open beside a running gateway (WAL readers never
+/// block the writer).
+#[derive(Debug)]
+pub struct Inspector {
+    conn: Connection,
+    path: PathBuf,
+    series: SeriesCache,
+}
+
+impl Inspector {
+    /// Opens the queue at `path` read-only. Fails if it does not exist.
+    pub fn open(path: &Path) -> Result<Inspector, QueueError> {
+        if !path.exists() {
+            return Err(QueueError::Incompatible(format!(
+                "no queue at {} (has the gateway run with this config?)",
+                path.display()
+            )));
+        }
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        Ok(Inspector {
+            conn,
+            path: path.to_path_buf(),
+            series: SeriesCache::default(),
+        })
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> Result<QueueStats, QueueError> {
+        stats(&self.conn, &self.path, SystemTime::now())
+    }
+
+    /// Up to `limit` readings after `after`.
+    pub fn peek(&mut self, after: u64, limit: usize) -> Result<Vec<Queued>, QueueError> {
+        peek(&self.conn, &mut self.series, after, limit)
+    }
+}
+
+fn peek(conn: &Connection, series: &mut SeriesCache, after: u64, limit: usize) -> Result<Vec<Queued>, QueueError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, series, ts, kind, value, reason FROM readings WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let mut rows = stmt.query(params![after as i64, limit as i64])?;
+    let mut out = Vec::with_capacity(limit.min(65_536));
+    let mut last_series: Option<(i64, series::SeriesKey)> = None;
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let sid: i64 = row.get(1)?;
+        let key = match &last_series {
+            Some((id, key)) if *id == sid => key.clone(),
+            _ => {
+                let key = series.key_for(conn, sid)?;
+                last_series = Some((sid, key.clone()));
+                key
+            }
+        };
+        let ts = from_micros(row.get(2)?);
+        let kind: i64 = row.get(3)?;
+        let value = decode_value(kind & 0b111, row.get_ref(4)?);
+        let reason: Option<String> = row.get(5)?;
+        let quality = match kind >> Q_SHIFT {
+            Q_BAD => Quality::Bad(reason.unwrap_or_default()),
+            Q_STALE => Quality::Stale(reason.unwrap_or_default()),
+            _ => Quality::Good,
+        };
+        out.push(Queued {
+            seq: seq as u64,
+            reading: Reading {
+                source: key.source,
+                device: key.device,
+                point: key.point,
+                ts,
+                value,
+                unit: key.unit,
+                quality,
+            },
+        });
+    }
+    Ok(out)
+}
+
+fn seq_range(conn: &Connection) -> rusqlite::Result<(Option<u64>, Option<u64>)> {
+    conn.query_row("SELECT min(seq), max(seq) FROM readings", [], |r| {
+        Ok((r.get::<_, Option<i64>>(0)?.map(|v| v as u64), r.get::<_, Option<i64>>(1)?.map(|v| v as u64)))
+    })
+}
+
+fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
+    let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
+    let free: i64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
+    let size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+    Ok(((pages - free).max(0) * size) as u64)
+}
+
+fn stats(conn: &Connection, path: &Path, now: SystemTime) -> Result<QueueStats, QueueError> {
+    let (first_seq, last_seq) = seq_range(conn)?;
+    let depth = match (first_seq, last_seq) {
+        (Some(f), Some(l)) => l - f + 1,
+        _ => 0,
+    };
+    let oldest_age = match first_seq {
+        Some(first) => conn
+            .query_row(
+                "SELECT enq_ms FROM segments WHERE first_seq <= ?1 ORDER BY first_seq DESC LIMIT 1",
+                [first as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .map(|enq| Duration::from_millis((millis(now) - enq).max(0) as u64)),
+        None => None,
+    };
+    let mut s = conn.query_row(
+        "SELECT appended, delivered, dropped_age, dropped_oldest, dropped_newest, dead_letters FROM state WHERE id = 1",
+        [],
+        |r| {
+            Ok(QueueStats {
+                appended: r.get::<_, i64>(0)? as u64,
+                delivered: r.get::<_, i64>(1)? as u64,
+                dropped_age: r.get::<_, i64>(2)? as u64,
+                dropped_oldest: r.get::<_, i64>(3)? as u64,
+                dropped_newest: r.get::<_, i64>(4)? as u64,
+                dead_letters: r.get::<_, i64>(5)? as u64,
+                ..QueueStats::default()
+            })
+        },
+    )?;
+    s.depth = depth;
+    s.first_seq = first_seq;
+    s.last_seq = last_seq;
+    s.oldest_age = oldest_age;
+    s.used_bytes = used_bytes(conn)?;
+    s.file_bytes = file_bytes(path);
+    let last = last_seq.unwrap_or(0);
+    s.uplinks = conn
+        .prepare("SELECT uplink, acked, delivered FROM watermarks ORDER BY uplink")?
+        .query_map([], |r| {
+            let acked = r.get::<_, i64>(1)? as u64;
+            Ok(UplinkPosition {
+                uplink: r.get(0)?,
+                acked,
+                pending: last.saturating_sub(acked).min(depth),
+                delivered: r.get::<_, i64>(2)? as u64,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(s)
+}
+
+/// Bytes of the database, its WAL and shared-memory index.
+fn file_bytes(path: &Path) -> u64 {
+    ["", "-wal", "-shm"]
+        .iter()
+        .filter_map(|suffix| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            std::fs::metadata(p).ok().map(|m| m.len())
+        })
+        .sum()
+}
+
+fn encode_value(v: &Value) -> (i64, ToSqlOutput<'_>) {
+    match v {
+        Value::Bool(b) => (K_BOOL, ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(*b)))),
+        Value::I64(i) => (K_INT, ToSqlOutput::Borrowed(ValueRef::Integer(*i))),
+        // SQLite stores NaN as NULL; decode_value turns a NULL float back into NaN.
+        Value::F64(f) => (K_FLOAT, ToSqlOutput::Borrowed(ValueRef::Real(*f))),
+        Value::Text(s) => (K_TEXT, ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))),
+        Value::Bytes(b) => (K_BYTES, ToSqlOutput::Borrowed(ValueRef::Blob(b))),
+    }
+}
+
+fn decode_value(kind: i64, v: ValueRef<'_>) -> Value {
+    match (kind, v) {
+        (K_BOOL, ValueRef::Integer(i)) => Value::Bool(i != 0),
+        (K_INT, ValueRef::Integer(i)) => Value::I64(i),
+        (K_FLOAT, ValueRef::Real(f)) => Value::F64(f),
+        #[allow(clippy::cast_precision_loss)]
+        (K_FLOAT, ValueRef::Integer(i)) => Value::F64(i as f64),
+        (K_FLOAT, ValueRef::Null) => Value::F64(f64::NAN),
+        (K_TEXT, ValueRef::Text(t)) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+        (K_BYTES, ValueRef::Blob(b)) => Value::Bytes(b.to_vec()),
+        (K_BYTES, ValueRef::Null) => Value::Bytes(Vec::new()),
+        (_, other) => Value::Text(format!("<undecodable {:?}>", other.data_type())),
+    }
+}
+
+/// Microseconds since the Unix epoch (negative before it).
+pub(crate) fn micros(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
+    }
+}
+
+pub(crate) fn from_micros(us: i64) -> SystemTime {
+    if us >= 0 {
+        UNIX_EPOCH + Duration::from_micros(us as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_micros(us.unsigned_abs())
+    }
+}
+
+fn millis(t: SystemTime) -> i64 {
+    micros(t) / 1000
+}
+
+#[cfg(test)]
+mod tests;
