@@ -1,5 +1,16 @@
 //! fieldgate: an edge gateway from field protocols to the cloud.
+//!
+//! Readings flow one way: adapters ([`fieldgate_adapter::Adapter`]) produce them into a
+//! bounded channel; the [`pipeline`]'s writer commits them in batches to the durable
+//! [`queue`]; one [`uplink::forwarder`] per configured uplink drains the queue and
+//! acknowledges what the far side has. [`config`] turns a TOML file into the typed
+//! [`config::Config`] the pipeline is built from; [`bench`] measures it all.
+
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod config;
+pub mod payload;
+pub mod pipeline;
 pub mod queue;
+pub mod uplink;

@@ -399,13 +399,13 @@ pub fn load(file: &Path, text: Option<String>, env: &[(String, String)]) -> Resu
     let mut value: Value = match figment.extract::<Value>() {
         Ok(v) => v,
         Err(e) => {
-            // figment's TOML errors carry "at line L column C" in their message.
-            let msg = e.kind.to_string();
-            let line = toml_edit::ImDocument::parse(source.as_str())
-                .err()
-                .and_then(|te| te.span())
+            let parsed = toml_edit::ImDocument::parse(source.as_str()).err();
+            let line = parsed
+                .as_ref()
+                .and_then(toml_edit::TomlError::span)
                 .map(|s| source[..s.start.min(source.len())].matches('\n').count() + 1);
-            return Err(fail(line, format!("not valid TOML: {}", msg.lines().next().unwrap_or(&msg).trim())));
+            let why = parsed.map_or_else(|| e.kind.to_string(), |te| te.message().trim().to_string());
+            return Err(fail(line, format!("not valid TOML: {why}")));
         }
     };
     let mut env_keys = Vec::new();

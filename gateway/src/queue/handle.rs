@@ -44,13 +44,27 @@ impl QueueHandle {
         .map_err(|e| QueueError::Task(e.to_string()))?
     }
 
-    /// Appends a batch (one transaction) and wakes the forwarders.
-    pub async fn append(&self, readings: Vec<Reading>) -> Result<AppendOutcome, QueueError> {
-        let outcome = self.with(move |q| q.append(&readings)).await?;
-        if let Some((_, last)) = outcome.seqs {
-            self.committed.send_replace(last);
+    /// Appends a batch (one transaction) and wakes the forwarders. The readings come back
+    /// with the result, so a failed batch can be retried and a buffer reused.
+    pub async fn append(&self, readings: Vec<Reading>) -> (Result<AppendOutcome, QueueError>, Vec<Reading>) {
+        let inner = Arc::clone(&self.inner);
+        let joined = tokio::task::spawn_blocking(move || {
+            let result = match inner.lock() {
+                Ok(mut q) => q.append(&readings),
+                Err(_) => Err(QueueError::Poisoned),
+            };
+            (result, readings)
+        })
+        .await;
+        match joined {
+            Ok((result, readings)) => {
+                if let Ok(AppendOutcome { seqs: Some((_, last)), .. }) = &result {
+                    self.committed.send_replace(*last);
+                }
+                (result, readings)
+            }
+            Err(e) => (Err(QueueError::Task(e.to_string())), Vec::new()),
         }
-        Ok(outcome)
     }
 
     /// Up to `limit` readings after `after`.

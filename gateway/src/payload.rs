@@ -1,0 +1,123 @@
+//! The JSON form of a reading, shared by the file and console uplinks.
+//!
+//! Format version 1, one object per reading (documented in `docs/payload.md`):
+//!
+//! ```json
+//! {"v":1,"gateway":"site-01","seq":42,"adapter":"sim","device":"pump-1","point":"temperature",
+//!  "ts":"2026-11-21T06:00:00.123456Z","type":"float","value":21.5,"unit":"°C","quality":"good"}
+//! ```
+
+use std::time::SystemTime;
+
+use fieldgate_adapter::{Quality, Value};
+use serde::ser::{SerializeMap, Serializer};
+
+use crate::queue::Queued;
+
+/// The payload format version written in `"v"`.
+pub const VERSION: u32 = 1;
+
+/// Appends `q` as one JSON object (no newline) to `out`.
+pub fn write_json(out: &mut Vec<u8>, gateway: &str, q: &Queued) {
+    let r = &q.reading;
+    let mut ser = serde_json::Serializer::new(&mut *out);
+    // Writing into a Vec cannot fail, and every field is a plain string or number.
+    let result: Result<(), serde_json::Error> = (|| {
+        let mut m = ser.serialize_map(None)?;
+        m.serialize_entry("v", &VERSION)?;
+        m.serialize_entry("gateway", gateway)?;
+        m.serialize_entry("seq", &q.seq)?;
+        m.serialize_entry("adapter", r.source.as_str())?;
+        m.serialize_entry("device", r.device.as_str())?;
+        m.serialize_entry("point", r.point.as_str())?;
+        m.serialize_entry("ts", &rfc3339(r.ts))?;
+        m.serialize_entry("type", r.value.type_name())?;
+        match &r.value {
+            Value::Bool(b) => m.serialize_entry("value", b)?,
+            Value::I64(i) => m.serialize_entry("value", i)?,
+            // JSON has no NaN or infinity: those become null.
+            Value::F64(f) if f.is_finite() => m.serialize_entry("value", f)?,
+            Value::F64(_) => m.serialize_entry("value", &())?,
+            Value::Text(s) => m.serialize_entry("value", s)?,
+            Value::Bytes(b) => m.serialize_entry("value", &base64(b))?,
+        }
+        if let Some(u) = &r.unit {
+            m.serialize_entry("unit", u.as_str())?;
+        }
+        m.serialize_entry("quality", r.quality.as_str())?;
+        if let Quality::Bad(why) | Quality::Stale(why) = &r.quality {
+            m.serialize_entry("reason", why)?;
+        }
+        m.end()
+    })();
+    debug_assert!(result.is_ok(), "serializing to memory cannot fail: {result:?}");
+}
+
+/// `2026-11-21T06:00:00.123456Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    if t < SystemTime::UNIX_EPOCH {
+        // humantime cannot format times before 1970; they only come from a broken clock.
+        return "1970-01-01T00:00:00.000000Z".to_string();
+    }
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+/// Standard base64 with padding.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fieldgate_adapter::Reading;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn json(value: Value, quality: Quality) -> serde_json::Value {
+        let q = Queued {
+            seq: 42,
+            reading: Reading::new("sim", "pump-1", "t", UNIX_EPOCH + Duration::from_micros(1_763_704_800_123_456), value)
+                .with_unit("°C")
+                .with_quality(quality),
+        };
+        let mut out = Vec::new();
+        write_json(&mut out, "site-01", &q);
+        serde_json::from_slice(&out).expect("valid JSON")
+    }
+
+    #[test]
+    fn documented_shape() {
+        let v = json(Value::F64(21.5), Quality::Good);
+        assert_eq!(
+            v,
+            serde_json::json!({"v":1,"gateway":"site-01","seq":42,"adapter":"sim","device":"pump-1","point":"t",
+                "ts":"2025-11-21T06:00:00.123456Z","type":"float","value":21.5,"unit":"°C","quality":"good"})
+        );
+        let v = json(Value::F64(f64::NAN), Quality::Stale("timeout".into()));
+        assert_eq!((v["value"].clone(), v["quality"].clone(), v["reason"].clone()), (serde_json::Value::Null, "stale".into(), "timeout".into()));
+        assert_eq!(json(Value::Bytes(b"test".to_vec()), Quality::Good)["value"], "dGVzdA==");
+        assert_eq!(json(Value::Bool(true), Quality::Good)["type"], "bool");
+    }
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        let cases = [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")];
+        for (input, expected) in cases {
+            assert_eq!(base64(input.as_bytes()), expected);
+        }
+    }
+}

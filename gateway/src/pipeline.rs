@@ -1,0 +1,480 @@
+//! Wiring, supervision and shutdown.
+//!
+//! ```text
+//! adapters ──(bounded channel)──▶ writer ──(batches)──▶ queue ──▶ forwarder ─▶ uplink
+//!    ▲ supervisor restarts                                    └──▶ forwarder ─▶ uplink
+//! ```
+//!
+//! [`start`] opens the queue, spawns one supervisor per adapter, the writer, one forwarder
+//! per uplink and, when `max_age` is set, the expiry task, and returns a [`Running`]
+//! gateway. [`Running::stop`] shuts down in the order that loses nothing: adapters first,
+//! then the writer commits what is still in memory (forwarders keep delivering meanwhile, so
+//! a `block`ed queue can drain), then the forwarders finish their current send, then the
+//! queue is checkpointed and closed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fieldgate_adapter::{
+    reading_channel, Adapter, AdapterContext, AdapterError, CommandSender, ReadingReceiver, ReadingSender, Shutdown,
+    ShutdownTrigger,
+};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::config::{AdapterConfig, Config};
+use crate::queue::{Queue, QueueError, QueueHandle};
+use crate::uplink::{self, ForwarderOptions, Uplink};
+
+/// Builds a fresh adapter; called again after every failure.
+pub type AdapterFactory = Box<dyn Fn() -> Result<Box<dyn Adapter>, AdapterError> + Send + Sync>;
+
+/// Why the gateway could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The queue could not be opened or closed.
+    #[error("queue {path}: {source}")]
+    Queue {
+        /// The database file.
+        path: String,
+        /// What failed.
+        source: QueueError,
+    },
+}
+
+/// Tunables of the pipeline that are not in the config file.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// How long adapters get to stop after shutdown fires.
+    pub adapter_grace: Duration,
+    /// How long the writer gets to commit what is in memory.
+    pub writer_grace: Duration,
+    /// How long forwarders get to finish the send in progress.
+    pub forwarder_grace: Duration,
+    /// First delay before restarting a failed adapter.
+    pub restart_min: Duration,
+    /// Longest delay before restarting a failed adapter.
+    pub restart_max: Duration,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            adapter_grace: Duration::from_secs(5),
+            writer_grace: Duration::from_secs(10),
+            forwarder_grace: Duration::from_secs(10),
+            restart_min: Duration::from_secs(1),
+            restart_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a pipeline is built from: the config's sections turned into runtime parts. Tests and
+/// the bench build one by hand to plug in their own adapters and uplinks.
+pub struct Parts {
+    /// Adapters by id.
+    pub adapters: Vec<(String, AdapterFactory)>,
+    /// Uplinks with their forwarder options.
+    pub uplinks: Vec<(ForwarderOptions, Box<dyn Uplink>)>,
+}
+
+impl std::fmt::Debug for Parts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parts")
+            .field("adapters", &self.adapters.iter().map(|(id, _)| id).collect::<Vec<_>>())
+            .field("uplinks", &self.uplinks.iter().map(|(o, _)| &o.id).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Parts {
+    /// The adapters and uplinks `config` describes.
+    pub fn from_config(config: &Config) -> Parts {
+        let adapters = config
+            .adapters
+            .iter()
+            .map(|a| {
+                let factory: AdapterFactory = match &a.kind {
+                    AdapterConfig::Simulator(sim) => {
+                        let sim = sim.clone();
+                        let base = config.base_dir.clone();
+                        Box::new(move || {
+                            fieldgate_simulator::Simulator::new(&sim, &base).map(|s| Box::new(s) as Box<dyn Adapter>)
+                        })
+                    }
+                };
+                (a.id.clone(), factory)
+            })
+            .collect();
+        let uplinks = config
+            .uplinks
+            .iter()
+            .map(|u| (ForwarderOptions::from_section(u), uplink::build(config, u)))
+            .collect();
+        Parts { adapters, uplinks }
+    }
+}
+
+/// Command senders by adapter id; replaced when an adapter restarts.
+type CommandRoutes = Arc<Mutex<HashMap<String, CommandSender>>>;
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Running {
+    queue: QueueHandle,
+    opts: PipelineOptions,
+    adapters_stop: ShutdownTrigger,
+    writer_abort: ShutdownTrigger,
+    forwarders_stop: ShutdownTrigger,
+    supervisors: Vec<JoinHandle<()>>,
+    writer: JoinHandle<WriterReport>,
+    forwarders: Vec<JoinHandle<()>>,
+    routes: CommandRoutes,
+}
+
+/// What the writer did over its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterReport {
+    /// Readings committed to the queue.
+    pub committed: u64,
+    /// Readings refused by a full queue (`drop_newest`).
+    pub refused: u64,
+    /// Readings still in memory that could not be committed before shutdown.
+    pub lost: u64,
+}
+
+/// Starts the pipeline `config` describes.
+pub async fn start(config: &Config) -> Result<Running, PipelineError> {
+    start_with(config, Parts::from_config(config), PipelineOptions::default()).await
+}
+
+/// Starts a pipeline with the queue settings of `config` and the given parts.
+pub async fn start_with(config: &Config, parts: Parts, opts: PipelineOptions) -> Result<Running, PipelineError> {
+    let path = config.queue_path();
+    let ids: Vec<String> = parts.uplinks.iter().map(|(o, _)| o.id.clone()).collect();
+    let qopts = config.queue_options();
+    let qpath = path.clone();
+    let queue = tokio::task::spawn_blocking(move || {
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        Queue::open(&qpath, qopts, &ids)
+    })
+    .await
+    .map_err(|e| QueueError::Task(e.to_string()))
+    .and_then(|r| r)
+    .map_err(|source| PipelineError::Queue {
+        path: path.display().to_string(),
+        source,
+    })?;
+    tracing::info!(path = %path.display(), next_seq = queue.next_seq(), "queue open");
+    let queue = QueueHandle::new(queue);
+
+    let (forwarders_stop, fwd_shutdown) = ShutdownTrigger::new();
+    let mut forwarders = Vec::new();
+    for (fopts, up) in parts.uplinks {
+        forwarders.push(tokio::spawn(uplink::forwarder(queue.clone(), up, fopts, fwd_shutdown.clone())));
+    }
+    if config.queue.max_age.is_some() {
+        forwarders.push(tokio::spawn(expire_loop(queue.clone(), fwd_shutdown.clone())));
+    }
+
+    let (tx, rx) = reading_channel(config.queue.channel_capacity);
+    let (writer_abort, abort) = ShutdownTrigger::new();
+    let writer = tokio::spawn(writer(queue.clone(), rx, config.queue.batch_size, config.queue.flush_interval, abort));
+
+    let (adapters_stop, adapter_shutdown) = ShutdownTrigger::new();
+    let routes: CommandRoutes = Arc::default();
+    let mut supervisors = Vec::new();
+    for (id, factory) in parts.adapters {
+        supervisors.push(tokio::spawn(supervise(
+            id,
+            factory,
+            tx.clone(),
+            adapter_shutdown.clone(),
+            Arc::clone(&routes),
+            opts.clone(),
+        )));
+    }
+    drop(tx);
+    Ok(Running {
+        queue,
+        opts,
+        adapters_stop,
+        writer_abort,
+        forwarders_stop,
+        supervisors,
+        writer,
+        forwarders,
+        routes,
+    })
+}
+
+impl Running {
+    /// The queue, for stats.
+    pub fn queue(&self) -> &QueueHandle {
+        &self.queue
+    }
+
+    /// Where to send commands for adapter `id` (while it runs).
+    pub fn commands(&self, id: &str) -> Option<CommandSender> {
+        self.routes.lock().ok().and_then(|r| r.get(id).cloned())
+    }
+
+    /// Stops everything in the order that loses nothing, then closes the queue.
+    pub async fn stop(self) -> Result<WriterReport, PipelineError> {
+        let Running {
+            queue,
+            opts,
+            adapters_stop,
+            writer_abort,
+            forwarders_stop,
+            supervisors,
+            writer,
+            forwarders,
+            routes,
+        } = self;
+        tracing::info!("stopping adapters");
+        adapters_stop.fire();
+        for s in supervisors {
+            join_within(s, opts.adapter_grace, "adapter").await;
+        }
+        if let Ok(mut r) = routes.lock() {
+            r.clear();
+        }
+        tracing::info!("committing readings still in memory");
+        let mut writer = writer;
+        let report = match tokio::time::timeout(opts.writer_grace, &mut writer).await {
+            Ok(Ok(report)) => report,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "queue writer failed; readings in memory are lost");
+                WriterReport::default()
+            }
+            Err(_) => {
+                writer_abort.fire();
+                writer.await.unwrap_or_default()
+            }
+        };
+        tracing::info!("stopping uplinks");
+        forwarders_stop.fire();
+        for f in forwarders {
+            join_within(f, opts.forwarder_grace, "uplink").await;
+        }
+        let path = match queue.stats().await {
+            Ok(s) => {
+                tracing::info!(depth = s.depth, appended = s.appended, delivered = s.delivered, "queue closing");
+                String::new()
+            }
+            Err(e) => e.to_string(),
+        };
+        queue.close().await.map_err(|source| PipelineError::Queue { path, source })?;
+        tracing::info!(committed = report.committed, lost = report.lost, "stopped");
+        Ok(report)
+    }
+}
+
+async fn join_within(handle: JoinHandle<()>, grace: Duration, what: &str) {
+    let abort = handle.abort_handle();
+    match tokio::time::timeout(grace, handle).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.is_panic() => tracing::error!(error = %e, "{what} task panicked during shutdown"),
+        Ok(Err(_)) => {}
+        Err(_) => {
+            tracing::warn!(grace = ?grace, "{what} did not stop in time; aborting it");
+            abort.abort();
+        }
+    }
+}
+
+/// Runs the pipeline until `shutdown` fires, then stops it cleanly.
+pub async fn run(config: &Config, mut shutdown: Shutdown) -> Result<WriterReport, PipelineError> {
+    let running = start(config).await?;
+    tracing::info!(
+        gateway = %config.gateway.id,
+        adapters = config.adapters.len(),
+        uplinks = config.uplinks.len(),
+        "fieldgate running"
+    );
+    shutdown.fired().await;
+    running.stop().await
+}
+
+/// Runs one adapter, restarting it with backoff whenever it fails, until shutdown.
+async fn supervise(
+    id: String,
+    factory: AdapterFactory,
+    readings: ReadingSender,
+    mut shutdown: Shutdown,
+    routes: CommandRoutes,
+    opts: PipelineOptions,
+) {
+    let mut backoff = Backoff::new(opts.restart_min, opts.restart_max);
+    loop {
+        let started = Instant::now();
+        let outcome = match factory() {
+            Err(e) => Err(e.to_string()),
+            Ok(adapter) => {
+                let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(64);
+                if let Ok(mut r) = routes.lock() {
+                    r.insert(id.clone(), cmd_tx);
+                }
+                let ctx = AdapterContext {
+                    id: id.as_str().into(),
+                    readings: readings.clone(),
+                    shutdown: shutdown.clone(),
+                    commands: cmd_rx,
+                };
+                tracing::info!(adapter = %id, "adapter started");
+                match tokio::spawn(adapter.run(ctx)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) if e.is_panic() => Err(format!("panicked: {}", panic_message(e))),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
+        if shutdown.is_fired() {
+            if let Err(why) = outcome {
+                tracing::debug!(adapter = %id, error = %why, "adapter ended during shutdown");
+            }
+            tracing::info!(adapter = %id, "adapter stopped");
+            return;
+        }
+        // A long healthy run earns a fresh backoff.
+        if started.elapsed() > opts.restart_max {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        match outcome {
+            Ok(()) => tracing::warn!(adapter = %id, restart_in = ?delay, "adapter stopped by itself; restarting"),
+            Err(why) => tracing::error!(adapter = %id, error = %why, attempt = backoff.attempts(), restart_in = ?delay, "adapter failed; restarting"),
+        }
+        tokio::select! {
+            () = shutdown.fired() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Commits readings in batches: up to `batch_size`, waiting at most `flush_interval` after
+/// the first reading of a batch. Ends when every sender is gone and the channel is drained,
+/// or when `abort` fires (then whatever is still in memory is reported lost).
+async fn writer(
+    queue: QueueHandle,
+    mut rx: ReadingReceiver,
+    batch_size: usize,
+    flush_interval: Duration,
+    mut abort: Shutdown,
+) -> WriterReport {
+    let mut report = WriterReport::default();
+    let mut buf = Vec::with_capacity(batch_size);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let mut full_logged = false;
+    loop {
+        if rx.recv_many(&mut buf, batch_size).await == 0 {
+            break;
+        }
+        let deadline = Instant::now() + flush_interval;
+        while buf.len() < batch_size {
+            let room = batch_size - buf.len();
+            tokio::select! {
+                n = rx.recv_many(&mut buf, room) => if n == 0 { break },
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        // Commit, retrying until it works: the readings stay in memory meanwhile, and the
+        // bounded channel holds the adapters back.
+        loop {
+            let n = buf.len() as u64;
+            let (result, back) = queue.append(std::mem::take(&mut buf)).await;
+            buf = back;
+            match result {
+                Ok(outcome) => {
+                    if outcome.dropped_newest > 0 {
+                        report.refused += outcome.dropped_newest;
+                        tracing::warn!(dropped = outcome.dropped_newest, "queue full: refused new readings (when_full = \"drop_newest\")");
+                    } else {
+                        report.committed += n;
+                    }
+                    if full_logged {
+                        tracing::info!("queue has room again");
+                        full_logged = false;
+                    }
+                    backoff.reset();
+                    buf.clear();
+                    break;
+                }
+                Err(QueueError::Full { used, max }) => {
+                    if !full_logged {
+                        tracing::warn!(used_bytes = used, max_bytes = max, "queue full: holding adapters back until uplinks make room (when_full = \"block\")");
+                        full_logged = true;
+                    }
+                    if wait_or_abort(flush_interval, &mut abort).await {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::error!(error = %e, readings = buf.len(), retry_in = ?delay, "cannot commit readings; holding them in memory");
+                    if wait_or_abort(delay, &mut abort).await {
+                        break;
+                    }
+                }
+            }
+        }
+        if abort.is_fired() {
+            break;
+        }
+    }
+    if abort.is_fired() {
+        // Count what could not be committed: the batch in hand and what is still queued up.
+        rx.close();
+        let mut rest = 0;
+        while rx.try_recv().is_ok() {
+            rest += 1;
+        }
+        report.lost = buf.len() as u64 + rest;
+        if report.lost > 0 {
+            tracing::error!(lost = report.lost, "shutdown: readings in memory could not be committed and are lost");
+        }
+    }
+    report
+}
+
+/// Sleeps for `d`; true if `abort` fired first (or meanwhile).
+async fn wait_or_abort(d: Duration, abort: &mut Shutdown) -> bool {
+    tokio::select! {
+        () = abort.fired() => true,
+        () = tokio::time::sleep(d) => abort.is_fired(),
+    }
+}
+
+/// Drops readings older than `queue.max_age`, every second.
+async fn expire_loop(queue: QueueHandle, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.fired() => return,
+            _ = tick.tick() => {
+                if let Err(e) = queue.expire().await {
+                    tracing::error!(error = %e, "cannot drop expired readings");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

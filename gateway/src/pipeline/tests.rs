@@ -1,0 +1,220 @@
+use super::*;
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::SystemTime;
+
+use fieldgate_adapter::{BoxFuture, Reading, Value};
+
+use crate::queue::{Inspector, Queued};
+use crate::uplink::SendError;
+
+fn config(dir: &Path, queue: &str) -> Config {
+    let queue = if queue.is_empty() { "flush_interval = \"10ms\"" } else { queue };
+    let text = format!(
+        r#"
+[gateway]
+id = "test"
+data_dir = "{}"
+[queue]
+{queue}
+[[adapters]]
+id = "unused"
+type = "simulator"
+[[adapters.devices]]
+id = "d"
+[[adapters.devices.points]]
+name = "p"
+waveform = "counter"
+interval = "1s"
+[[uplinks]]
+id = "unused"
+type = "console"
+"#,
+        dir.display()
+    );
+    Config::from_toml(&dir.join("site.toml"), &text, &[]).expect("valid test config")
+}
+
+fn fast() -> PipelineOptions {
+    PipelineOptions {
+        restart_min: Duration::from_millis(10),
+        restart_max: Duration::from_millis(40),
+        ..PipelineOptions::default()
+    }
+}
+
+/// An adapter made of a closure.
+struct FnAdapter<F>(F);
+
+impl<F, Fut> Adapter for FnAdapter<F>
+where
+    F: FnOnce(AdapterContext) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), AdapterError>> + Send + 'static,
+{
+    fn run(self: Box<Self>, ctx: AdapterContext) -> BoxFuture<'static, Result<(), AdapterError>> {
+        Box::pin((self.0)(ctx))
+    }
+}
+
+fn reading(source: &str, i: i64) -> Reading {
+    Reading::new(source, "d", "p", SystemTime::now(), Value::I64(i))
+}
+
+/// Emits `0..n` then waits for shutdown.
+fn counter_adapter(source: &'static str, n: i64) -> AdapterFactory {
+    Box::new(move || {
+        Ok(Box::new(FnAdapter(move |mut ctx: AdapterContext| async move {
+            for i in 0..n {
+                ctx.readings.send(reading(source, i)).await?;
+            }
+            ctx.shutdown.fired().await;
+            Ok(())
+        })) as Box<dyn Adapter>)
+    })
+}
+
+/// Records what it delivers; follows a script of results first.
+#[derive(Clone, Default)]
+struct Recorder {
+    delivered: Arc<Mutex<Vec<(u64, String, Value)>>>,
+    script: Arc<Mutex<VecDeque<Result<(), SendError>>>>,
+    calls: Arc<AtomicU32>,
+}
+
+impl Recorder {
+    fn with_script(script: Vec<Result<(), SendError>>) -> Self {
+        Recorder {
+            script: Arc::new(Mutex::new(script.into())),
+            ..Recorder::default()
+        }
+    }
+
+    fn seqs(&self) -> Vec<u64> {
+        self.delivered.lock().expect("lock").iter().map(|d| d.0).collect()
+    }
+}
+
+impl Uplink for Recorder {
+    fn send<'a>(&'a mut self, batch: &'a [Queued]) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if let Some(result) = self.script.lock().expect("lock").pop_front() {
+                result?;
+            }
+            let mut d = self.delivered.lock().expect("lock");
+            d.extend(batch.iter().map(|q| (q.seq, q.reading.source.to_string(), q.reading.value.clone())));
+            Ok(())
+        })
+    }
+}
+
+fn uplink_opts(id: &str) -> ForwarderOptions {
+    ForwarderOptions {
+        id: id.into(),
+        adapters: None,
+        batch_size: 100,
+        retry_min: Duration::from_millis(5),
+        retry_max: Duration::from_millis(20),
+    }
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn boom(_ctx: AdapterContext) -> Result<(), AdapterError> {
+    panic!("driver bug")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_or_panicking_adapter_is_restarted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), "");
+    let attempts = Arc::new(AtomicU32::new(0));
+    let a = Arc::clone(&attempts);
+    let factory: AdapterFactory = Box::new(move || {
+        let n = a.fetch_add(1, Ordering::SeqCst);
+        match n {
+            0 => Err(AdapterError::Config("port not there yet".into())),
+            1 => Ok(Box::new(FnAdapter(boom)) as Box<dyn Adapter>),
+            2 => Ok(Box::new(FnAdapter(|_ctx: AdapterContext| async { Err(AdapterError::Other("link lost".into())) }))),
+            _ => counter_adapter("flaky", 3)(),
+        }
+    });
+    let rec = Recorder::default();
+    let parts = Parts {
+        adapters: vec![("flaky".into(), factory)],
+        uplinks: vec![(uplink_opts("rec"), Box::new(rec.clone()))],
+    };
+    let running = start_with(&cfg, parts, fast()).await.expect("starts");
+    wait_until("3 readings after 3 failures", || rec.seqs().len() == 3).await;
+    assert_eq!(attempts.load(Ordering::SeqCst), 4);
+    assert!(running.commands("flaky").is_some(), "a running adapter has a command route");
+    running.stop().await.expect("stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_commits_what_is_in_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A long flush interval and a big batch: without a clean stop nothing would be committed.
+    let cfg = config(dir.path(), "flush_interval = \"60s\"\nbatch_size = 100000");
+    let parts = Parts {
+        adapters: vec![("a".into(), counter_adapter("a", 5000))],
+        // An uplink that never succeeds, so everything stays in the queue.
+        uplinks: vec![(uplink_opts("down"), Box::new(Recorder::with_script(vec![Err(SendError::Retry("down".into())); 1000])))],
+    };
+    let running = start_with(&cfg, parts, fast()).await.expect("starts");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let report = running.stop().await.expect("stops");
+    assert_eq!(report, WriterReport { committed: 5000, refused: 0, lost: 0 });
+    let mut ins = Inspector::open(&cfg.queue_path()).expect("queue");
+    let all = ins.peek(0, 10_000).expect("peek");
+    let values: Vec<_> = all.iter().map(|q| q.reading.value.clone()).collect();
+    assert_eq!(values, (0..5000).map(Value::I64).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_then_delivers_and_dead_letters_rejects() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), "");
+    let flaky = Recorder::with_script(vec![
+        Err(SendError::Retry("timeout".into())),
+        Err(SendError::Retry("timeout".into())),
+    ]);
+    let picky = Recorder::with_script(vec![Err(SendError::Reject("HTTP 400".into()))]);
+    let mut only_b = uplink_opts("only-b");
+    only_b.adapters = Some(["b".to_string()].into());
+    let filtered = Recorder::default();
+    let parts = Parts {
+        adapters: vec![("a".into(), counter_adapter("a", 50)), ("b".into(), counter_adapter("b", 50))],
+        uplinks: vec![
+            (uplink_opts("flaky"), Box::new(flaky.clone())),
+            (uplink_opts("picky"), Box::new(picky.clone())),
+            (only_b, Box::new(filtered.clone())),
+        ],
+    };
+    let running = start_with(&cfg, parts, fast()).await.expect("starts");
+    let queue = running.queue().clone();
+    wait_until("flaky delivers all", || flaky.seqs().len() == 100).await;
+    wait_until("only-b delivers b", || filtered.seqs().len() == 50).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while queue.stats().await.expect("stats").depth > 0 {
+        assert!(Instant::now() < deadline, "queue never drained");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(flaky.calls.load(Ordering::SeqCst) >= 3, "two retries before success");
+    let mut seqs = flaky.seqs();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=100).collect::<Vec<_>>(), "each reading exactly once");
+    assert!(filtered.delivered.lock().expect("lock").iter().all(|d| d.1 == "b"));
+    let s = queue.stats().await.expect("stats");
+    let rejected = 100 - picky.seqs().len() as u64;
+    assert!(rejected > 0);
+    assert_eq!(s.dead_letters, rejected, "the rejected batch is kept, not dropped");
+    running.stop().await.expect("stops");
+}
