@@ -9,7 +9,9 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod bench;
 pub mod config;
+pub mod demo;
 pub mod payload;
 pub mod pipeline;
 pub mod queue;

@@ -1,1 +1,313 @@
-fn main() {}
+//! The `fieldgate` command line. Only this file reads the command line and the process
+//! environment; everything else gets them passed in.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use fieldgate::config::{Config, LogFormat, TEMPLATE};
+use fieldgate::queue::{Durability, Inspector};
+use fieldgate::{bench, demo, payload, pipeline};
+use fieldgate_adapter::{Shutdown, ShutdownTrigger};
+
+/// fieldgate: an edge gateway from field devices to the cloud, through a durable
+/// store-and-forward queue.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Log format: "text" for people, "json" for log collectors (overrides [log] format).
+    #[arg(long, global = true, value_enum, env = "FIELDGATE_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway with a site config until SIGTERM or Ctrl-C.
+    Run(ConfigArg),
+    /// Validate a site config and report every problem (exit status 2 if there is any).
+    Check(ConfigArg),
+    /// Config file helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Inspect the queue (safe while the gateway runs).
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Run the whole pipeline on simulated devices, no setup needed.
+    Demo {
+        /// Stop after this long, like "30s" (default: run until Ctrl-C).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// Measure the queue and the pipeline at full rate beside a bare rusqlite loop.
+    Bench {
+        /// Readings per phase.
+        #[arg(long, default_value_t = 2_000_000)]
+        readings: u64,
+        /// "crash", "power-loss" or "both".
+        #[arg(long, default_value = "both")]
+        durability: String,
+        /// Directory for the bench databases (put it on the disk you care about).
+        #[arg(long, default_value = "target/fieldgate-bench")]
+        dir: PathBuf,
+        /// Readings per transaction.
+        #[arg(long, default_value_t = 5000)]
+        batch: usize,
+        /// Measure only the bare loop and the queue.
+        #[arg(long)]
+        skip_pipeline: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// The site config file.
+    #[arg(short, long, env = "FIELDGATE_CONFIG", default_value = "/etc/fieldgate/fieldgate.toml")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print a complete, commented config to start from.
+    Template,
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// Depth, age, size on disk, counters, and each uplink's position.
+    Stats {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the next readings waiting for an uplink (or the oldest queued).
+    Peek {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Show what waits for this uplink (default: the oldest readings in the queue).
+        #[arg(long)]
+        uplink: Option<String>,
+        /// How many readings.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON Lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    fieldgate_adapter::duration::parse(s)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    match dispatch(cli, &env) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads a config or prints every error, one per line.
+fn load(path: &std::path::Path, env: &[(String, String)]) -> Result<Config, ExitCode> {
+    Config::load(path, env).map_err(|errors| {
+        for e in &errors.0 {
+            eprintln!("error: {e}");
+        }
+        eprintln!("{} problem(s) in {}", errors.0.len(), path.display());
+        ExitCode::from(2)
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
+    let rust_log = env.iter().find(|(k, _)| k == "RUST_LOG").map(|(_, v)| v.clone());
+    match cli.command {
+        Command::Check(arg) => {
+            let config = match load(&arg.config, env) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            println!(
+                "{}: ok ({} adapter(s), {} uplink(s); queue at {})",
+                arg.config.display(),
+                config.adapters.len(),
+                config.uplinks.len(),
+                config.queue_path().display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Template) => {
+            print!("{TEMPLATE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(arg) => {
+            let config = match load(&arg.config, env) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            init_logging(rust_log.as_deref().unwrap_or(&config.log.level), cli.log_format.unwrap_or(config.log.format));
+            let rt = runtime()?;
+            rt.block_on(async {
+                let shutdown = signals()?;
+                let report = pipeline::run(&config, shutdown).await?;
+                anyhow::Ok(if report.lost > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            })
+        }
+        Command::Demo { duration } => {
+            init_logging(rust_log.as_deref().unwrap_or("warn"), cli.log_format.unwrap_or_default());
+            let rt = runtime()?;
+            rt.block_on(async {
+                demo::run(duration, signals()?).await?;
+                anyhow::Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Queue(cmd) => queue_command(cmd, env),
+        Command::Bench {
+            readings,
+            durability,
+            dir,
+            batch,
+            skip_pipeline,
+        } => {
+            init_logging(rust_log.as_deref().unwrap_or("warn"), cli.log_format.unwrap_or_default());
+            let durabilities = match durability.as_str() {
+                "crash" => vec![Durability::Crash],
+                "power-loss" => vec![Durability::PowerLoss],
+                "both" => vec![Durability::Crash, Durability::PowerLoss],
+                other => anyhow::bail!("--durability must be crash, power-loss or both, not `{other}`"),
+            };
+            let opts = bench::BenchOptions {
+                readings,
+                durabilities,
+                dir,
+                batch,
+                skip_pipeline,
+            };
+            println!("fieldgate bench: {} readings per phase, batches of {}, in {}", opts.readings, opts.batch, opts.dir.display());
+            let report = runtime()?.block_on(bench::run(&opts))?;
+            print!("{}", bench::render(&report));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn queue_command(cmd: QueueCommand, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
+    let (arg, json) = match &cmd {
+        QueueCommand::Stats { config, json } | QueueCommand::Peek { config, json, .. } => (config, *json),
+    };
+    let config = match load(&arg.config, env) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let path = config.queue_path();
+    let mut ins = Inspector::open(&path)?;
+    let stats = ins.stats()?;
+    match cmd {
+        QueueCommand::Stats { .. } => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                println!("queue {}", path.display());
+                println!("  depth          {} readings (seq {} .. {})", stats.depth, opt(stats.first_seq), opt(stats.last_seq));
+                println!("  oldest         {}", stats.oldest_age.map_or("-".into(), |d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()));
+                println!("  on disk        {} bytes ({} in live pages)", stats.file_bytes, stats.used_bytes);
+                println!("  appended       {}", stats.appended);
+                println!("  delivered      {}", stats.delivered);
+                println!("  dropped        {} too old, {} oldest (full), {} newest (full)", stats.dropped_age, stats.dropped_oldest, stats.dropped_newest);
+                println!("  dead letters   {}", stats.dead_letters);
+                for u in &stats.uplinks {
+                    println!("  uplink {:<12} acked through {}, {} pending, {} delivered", u.uplink, u.acked, u.pending, u.delivered);
+                }
+            }
+        }
+        QueueCommand::Peek { uplink, limit, .. } => {
+            let after = match &uplink {
+                None => 0,
+                Some(name) => match stats.uplinks.iter().find(|u| &u.uplink == name) {
+                    Some(u) => u.acked,
+                    None => anyhow::bail!(
+                        "no uplink `{name}` in the queue; known: {}",
+                        stats.uplinks.iter().map(|u| u.uplink.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                },
+            };
+            for q in ins.peek(after, limit)? {
+                if json {
+                    let mut line = Vec::new();
+                    payload::write_json(&mut line, &config.gateway.id, &q);
+                    println!("{}", String::from_utf8_lossy(&line));
+                } else {
+                    let r = &q.reading;
+                    println!(
+                        "#{:<8} {}  {}/{}/{} = {}{} [{}]",
+                        q.seq,
+                        payload::rfc3339(r.ts),
+                        r.source,
+                        r.device,
+                        r.point,
+                        r.value,
+                        r.unit.as_ref().map(|u| format!(" {u}")).unwrap_or_default(),
+                        r.quality.as_str()
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}
+
+fn init_logging(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// A shutdown signal fired by SIGTERM or SIGINT (Ctrl-C).
+fn signals() -> anyhow::Result<Shutdown> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let (trigger, shutdown) = ShutdownTrigger::new();
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutting down");
+        trigger.fire();
+        // A second signal means "now": the process exits without waiting.
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: exiting at once");
+        std::process::exit(130);
+    });
+    Ok(shutdown)
+}

@@ -1,0 +1,384 @@
+//! `fieldgate bench`: the queue and the pipeline at full rate, beside a bare rusqlite loop.
+//!
+//! Three phases run in one process, on the same disk, with the same SQLite settings:
+//!
+//! 1. **bare loop**: plain rusqlite, no fieldgate code: insert 5,000-row batches (one
+//!    transaction each), read them back, range-delete them. This is the ceiling; fieldgate's
+//!    figures are reported as a ratio to it, so the overhead of the design is measured.
+//! 2. **queue**: [`Queue::append`] 5,000 readings, [`Queue::peek`] them, [`Queue::ack`].
+//! 3. **pipeline**: the simulator at full rate → bounded channel → writer → queue →
+//!    forwarder → file uplink (JSON Lines, fsync per batch).
+//!
+//! For each phase: readings/s, CPU seconds (`/proc/self/stat`), and bytes written to storage
+//! per reading (`/proc/self/io` `write_bytes`, which counts what reaches the block layer — the
+//! figure that wears an SD card). Peak RSS (`VmHWM`) is for the whole run.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use fieldgate_adapter::{Adapter, Reading, Value};
+use rusqlite::{params, Connection};
+
+use crate::config::Config;
+use crate::pipeline::{self, AdapterFactory, Parts, PipelineOptions};
+use crate::queue::{Durability, Queue, QueueError, QueueOptions};
+use crate::uplink::{FileUplink, ForwarderOptions};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Readings per phase.
+    pub readings: u64,
+    /// Durability modes to measure.
+    pub durabilities: Vec<Durability>,
+    /// Where the databases go (a directory on the disk you care about).
+    pub dir: PathBuf,
+    /// Readings per batch (transaction).
+    pub batch: usize,
+    /// Skip the pipeline phase.
+    pub skip_pipeline: bool,
+}
+
+/// One measured phase.
+#[derive(Debug, Clone)]
+pub struct Phase {
+    /// What ran.
+    pub name: String,
+    /// How many readings.
+    pub readings: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// User + system CPU time of the whole process.
+    pub cpu: Duration,
+    /// Bytes written to storage per reading.
+    pub write_bytes_per_reading: f64,
+}
+
+impl Phase {
+    /// Readings per second.
+    pub fn rate(&self) -> f64 {
+        self.readings as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Default)]
+pub struct BenchReport {
+    /// Phases in the order they ran.
+    pub phases: Vec<Phase>,
+    /// Peak resident memory of the process, in bytes.
+    pub peak_rss: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    at: Instant,
+    cpu: Duration,
+    written: u64,
+}
+
+impl Probe {
+    fn now() -> Probe {
+        Probe {
+            at: Instant::now(),
+            cpu: cpu_time(),
+            written: write_bytes(),
+        }
+    }
+
+    fn phase(self, name: String, readings: u64) -> Phase {
+        let end = Probe::now();
+        Phase {
+            name,
+            readings,
+            elapsed: end.at - self.at,
+            cpu: end.cpu.saturating_sub(self.cpu),
+            write_bytes_per_reading: end.written.saturating_sub(self.written) as f64 / readings.max(1) as f64,
+        }
+    }
+}
+
+/// Runs every phase and returns the figures.
+pub async fn run(opts: &BenchOptions) -> Result<BenchReport, QueueError> {
+    std::fs::create_dir_all(&opts.dir).map_err(|e| QueueError::Incompatible(format!("cannot create {}: {e}", opts.dir.display())))?;
+    let mut report = BenchReport::default();
+    for &durability in &opts.durabilities {
+        let mode = match durability {
+            Durability::Crash => "crash",
+            Durability::PowerLoss => "power-loss",
+        };
+        let (n, batch, dir) = (opts.readings, opts.batch, opts.dir.clone());
+        let bare = tokio::task::spawn_blocking(move || bare_loop(&dir, durability, n, batch))
+            .await
+            .map_err(|e| QueueError::Task(e.to_string()))??;
+        report.phases.push(Phase { name: format!("bare rusqlite loop ({mode})"), ..bare });
+        let dir = opts.dir.clone();
+        let queue = tokio::task::spawn_blocking(move || queue_loop(&dir, durability, n, batch))
+            .await
+            .map_err(|e| QueueError::Task(e.to_string()))??;
+        report.phases.push(Phase { name: format!("queue append+peek+ack ({mode})"), ..queue });
+        if !opts.skip_pipeline {
+            let p = pipeline_run(&opts.dir, durability, n, batch).await?;
+            report.phases.push(Phase { name: format!("pipeline sim→queue→file ({mode})"), ..p });
+        }
+    }
+    report.peak_rss = peak_rss();
+    Ok(report)
+}
+
+fn fresh_db(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    path
+}
+
+/// Steady state: the first batches (WAL and table growth) are not measured.
+const WARMUP_BATCHES: u64 = 10;
+
+fn bare_loop(dir: &Path, durability: Durability, n: u64, batch: usize) -> Result<Phase, QueueError> {
+    let path = fresh_db(dir, "bench-bare.db");
+    let mut conn = Connection::open(&path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", if durability == Durability::Crash { "NORMAL" } else { "FULL" })?;
+    conn.execute_batch(
+        "CREATE TABLE t (seq INTEGER PRIMARY KEY, series INTEGER NOT NULL, ts INTEGER NOT NULL, kind INTEGER NOT NULL, value, reason TEXT)",
+    )?;
+    let batch = batch as u64;
+    let mut seq = 0u64;
+    let mut probe = Probe::now();
+    let mut checksum = 0f64;
+    let total = n + WARMUP_BATCHES * batch;
+    while seq < total {
+        if seq == WARMUP_BATCHES * batch {
+            probe = Probe::now();
+        }
+        let first = seq + 1;
+        let tx = conn.transaction()?;
+        {
+            let mut ins = tx.prepare_cached("INSERT INTO t (seq, series, ts, kind, value, reason) VALUES (?1, ?2, ?3, ?4, ?5, NULL)")?;
+            for i in 0..batch {
+                seq += 1;
+                ins.execute(params![seq as i64, 1, 1_763_704_800_000_000i64 + i as i64, 2, seq as f64])?;
+            }
+        }
+        tx.commit()?;
+        {
+            let mut sel = conn.prepare_cached("SELECT seq, series, ts, kind, value, reason FROM t WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
+            let mut rows = sel.query(params![first as i64, batch as i64])?;
+            while let Some(r) = rows.next()? {
+                checksum += r.get::<_, f64>(4)?;
+            }
+        }
+        conn.prepare_cached("DELETE FROM t WHERE seq <= ?1")?.execute([seq as i64])?;
+    }
+    std::hint::black_box(checksum);
+    let phase = probe.phase(String::new(), n);
+    drop(conn);
+    Ok(phase)
+}
+
+fn sample_batch(batch: usize) -> Vec<Reading> {
+    let now = SystemTime::now();
+    (0..batch)
+        .map(|i| Reading::new("bench", "device-1", "value", now, Value::F64(i as f64 * 0.5)).with_unit("kW"))
+        .collect()
+}
+
+fn queue_loop(dir: &Path, durability: Durability, n: u64, batch: usize) -> Result<Phase, QueueError> {
+    let path = fresh_db(dir, "bench-queue.db");
+    let opts = QueueOptions {
+        durability,
+        ..QueueOptions::default()
+    };
+    let mut q = Queue::open(&path, opts, &["bench"])?;
+    let readings = sample_batch(batch);
+    let total = n + WARMUP_BATCHES * batch as u64;
+    let mut done = 0u64;
+    let mut probe = Probe::now();
+    while done < total {
+        if done == WARMUP_BATCHES * batch as u64 {
+            probe = Probe::now();
+        }
+        let wm = q.watermark("bench").unwrap_or(0);
+        q.append(&readings)?;
+        let got = q.peek(wm, batch)?;
+        let last = got.last().map_or(wm, |g| g.seq);
+        q.ack("bench", last, got.len() as u64)?;
+        done += batch as u64;
+    }
+    let phase = probe.phase(String::new(), n);
+    q.close()?;
+    Ok(phase)
+}
+
+async fn pipeline_run(dir: &Path, durability: Durability, n: u64, batch: usize) -> Result<Phase, QueueError> {
+    let qpath = fresh_db(dir, "bench-pipeline.db");
+    let out = dir.join("bench-pipeline.jsonl");
+    for i in 0..=1 {
+        let _ = std::fs::remove_file(if i == 0 { out.clone() } else { out.with_extension("jsonl.1") });
+    }
+    let text = format!(
+        r#"
+[gateway]
+id = "bench"
+data_dir = "{dir}"
+[queue]
+path = "{qpath}"
+durability = "{mode}"
+batch_size = {batch}
+max_bytes = "4GB"
+channel_capacity = {batch}
+[[adapters]]
+id = "bench"
+type = "simulator"
+[[adapters.devices]]
+id = "d"
+[[adapters.devices.points]]
+name = "p"
+waveform = "counter"
+interval = "1s"
+[[uplinks]]
+id = "file"
+type = "file"
+path = "{out}"
+"#,
+        dir = dir.display(),
+        qpath = qpath.display(),
+        out = out.display(),
+        mode = if durability == Durability::Crash { "crash" } else { "power-loss" },
+    );
+    let config = Config::from_toml(&dir.join("bench.toml"), &text, &[])
+        .map_err(|e| QueueError::Incompatible(e.to_string()))?;
+    let factory: AdapterFactory = Box::new(move || {
+        Ok(Box::new(fieldgate_simulator::Simulator::full_rate("device-1", "value", Some(n))) as Box<dyn Adapter>)
+    });
+    let parts = Parts {
+        adapters: vec![("bench".into(), factory)],
+        uplinks: vec![(
+            ForwarderOptions {
+                id: "file".into(),
+                adapters: None,
+                batch_size: batch,
+                retry_min: Duration::from_millis(10),
+                retry_max: Duration::from_secs(1),
+            },
+            // Rotate at 256 MB and keep one old file: the bench must not fill the disk.
+            Box::new(FileUplink::new(out.clone(), 256 << 20, 1, "bench".into())),
+        )],
+    };
+    let probe = Probe::now();
+    let running = pipeline::start_with(&config, parts, PipelineOptions::default())
+        .await
+        .map_err(|e| QueueError::Incompatible(e.to_string()))?;
+    let mut committed = running.queue().subscribe();
+    let _ = committed.wait_for(|&last| last >= n).await;
+    loop {
+        let s = running.queue().stats().await?;
+        if s.delivered >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let phase = probe.phase(String::new(), n);
+    running.stop().await.map_err(|e| QueueError::Incompatible(e.to_string()))?;
+    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(out.with_extension("jsonl.1"));
+    Ok(phase)
+}
+
+/// Formats the report as the table `fieldgate bench` prints.
+pub fn render(report: &BenchReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<44} {:>12} {:>14} {:>9} {:>11} {:>12}",
+        "phase", "readings", "readings/s", "vs bare", "CPU s", "bytes/rdg"
+    );
+    let mut bare_rate = None;
+    for p in &report.phases {
+        if p.name.starts_with("bare") {
+            bare_rate = Some(p.rate());
+        }
+        let ratio = match bare_rate {
+            Some(b) if !p.name.starts_with("bare") => format!("{:.2}x", b / p.rate()),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            s,
+            "{:<44} {:>12} {:>14.0} {:>9} {:>11.2} {:>12.1}",
+            p.name,
+            p.readings,
+            p.rate(),
+            ratio,
+            p.cpu.as_secs_f64(),
+            p.write_bytes_per_reading
+        );
+    }
+    let _ = writeln!(s, "peak RSS: {:.1} MB", report.peak_rss as f64 / 1e6);
+    let _ = writeln!(s, "(\"vs bare\" = how many times slower than the bare rusqlite loop of the same durability)");
+    s
+}
+
+/// User + system CPU time of this process (clock ticks of 1/100 s, Linux's `USER_HZ`).
+fn cpu_time() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the name.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+fn write_bytes() -> u64 {
+    proc_field("/proc/self/io", "write_bytes:")
+}
+
+fn peak_rss() -> u64 {
+    proc_field("/proc/self/status", "VmHWM:") * 1024
+}
+
+fn proc_field(file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l[key.len()..].split_whitespace().next().and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_bench_measures_every_phase() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = BenchOptions {
+            readings: 20_000,
+            durabilities: vec![Durability::Crash],
+            dir: dir.path().to_path_buf(),
+            batch: 1000,
+            skip_pipeline: false,
+        };
+        let report = run(&opts).await.expect("bench runs");
+        let names: Vec<_> = report.phases.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["bare rusqlite loop (crash)", "queue append+peek+ack (crash)", "pipeline sim→queue→file (crash)"]
+        );
+        assert!(report.phases.iter().all(|p| p.readings == 20_000 && p.rate() > 0.0));
+        assert!(report.peak_rss > 0, "VmHWM is readable on Linux");
+        let table = render(&report);
+        assert!(table.contains("vs bare") && table.contains("peak RSS"), "{table}");
+    }
+}

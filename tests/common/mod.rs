@@ -1,0 +1,88 @@
+//! Helpers shared by the end-to-end tests: the real `fieldgate` binary and site configs in
+//! temporary directories.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// The `fieldgate` binary cargo built for these tests.
+pub fn fieldgate() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fieldgate"));
+    // The tests control the environment the gateway sees.
+    cmd.env_remove("RUST_LOG").env_remove("FIELDGATE_CONFIG");
+    cmd
+}
+
+/// Runs `fieldgate ARGS` to completion.
+pub fn run(args: &[&str]) -> Output {
+    fieldgate().args(args).output().expect("fieldgate runs")
+}
+
+/// The repository's root folder.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write file");
+    p
+}
+
+/// A site whose state lives in `dir`: one simulator adapter with `points` (TOML of
+/// `[[adapters.devices.points]]` entries) and one file uplink `out.jsonl`.
+pub fn site(dir: &Path, queue: &str, points: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[gateway]
+id = "e2e"
+data_dir = "{dir}"
+
+[queue]
+{queue}
+
+[[adapters]]
+id = "sim"
+type = "simulator"
+[[adapters.devices]]
+id = "dev"
+{points}
+
+[[uplinks]]
+id = "file"
+type = "file"
+path = "out.jsonl"
+"#,
+        dir = dir.display()
+    );
+    write(dir, "site.toml", &text)
+}
+
+/// Waits until `f` is true, or panics after `secs` seconds.
+pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The JSON objects in a JSON Lines file (empty if it does not exist).
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect()
+}
+
+/// Sends `signal` (like "TERM" or "KILL") to `pid` with kill(1).
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("kill(1) runs");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
