@@ -5,7 +5,10 @@ mod common;
 use common::{fieldgate, json_lines, repo, run, site, wait_for, write};
 
 fn stderr_lines(out: &std::process::Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stderr).lines().map(str::to_string).collect()
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -34,11 +37,27 @@ fn the_template_is_complete_and_valid() {
     let out = run(&["config", "template"]);
     assert!(out.status.success());
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = write(dir.path(), "fieldgate.toml", &String::from_utf8_lossy(&out.stdout));
+    let path = write(
+        dir.path(),
+        "fieldgate.toml",
+        &String::from_utf8_lossy(&out.stdout),
+    );
     let check = run(&["check", "-c", path.to_str().expect("utf-8")]);
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    for section in ["[gateway]", "[log]", "[queue]", "[[adapters]]", "[[uplinks]]", "when_full", "durability"] {
+    for section in [
+        "[gateway]",
+        "[log]",
+        "[queue]",
+        "[[adapters]]",
+        "[[uplinks]]",
+        "when_full",
+        "durability",
+    ] {
         assert!(text.contains(section), "template lacks {section}");
     }
 }
@@ -47,7 +66,8 @@ fn the_template_is_complete_and_valid() {
 #[test]
 fn broken_configs_exit_2_with_one_line_per_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let good = std::fs::read_to_string(repo().join("config/minimal.toml")).expect("minimal example");
+    let good =
+        std::fs::read_to_string(repo().join("config/minimal.toml")).expect("minimal example");
     let cases = [
         ("unknown-key.toml", good.replace("[gateway]", "[gateway]\ncolour = \"red\""), "gateway.colour: unknown key `colour`"),
         ("wrong-type.toml", good.replace("increment = 7", "increment = \"seven\""), "adapters[0].devices[0].points[0].increment: expected an integer, found string \"seven\""),
@@ -65,8 +85,16 @@ fn broken_configs_exit_2_with_one_line_per_error() {
         let errors: Vec<_> = lines.iter().filter(|l| l.starts_with("error: ")).collect();
         assert_eq!(errors.len(), 1, "{name}: {lines:?}");
         let prefix = format!("error: {}:", path.display());
-        assert!(errors[0].starts_with(&prefix), "{name}: names the file and line: {}", errors[0]);
-        assert!(errors[0].contains(expected), "{name}: {} should contain {expected}", errors[0]);
+        assert!(
+            errors[0].starts_with(&prefix),
+            "{name}: names the file and line: {}",
+            errors[0]
+        );
+        assert!(
+            errors[0].contains(expected),
+            "{name}: {} should contain {expected}",
+            errors[0]
+        );
     }
 
     // All of them at once: every error is reported, one line each.
@@ -81,10 +109,20 @@ fn broken_configs_exit_2_with_one_line_per_error() {
     let lines = stderr_lines(&out);
     let errors: Vec<_> = lines.iter().filter(|l| l.starts_with("error: ")).collect();
     assert_eq!(errors.len(), 3, "{lines:?}");
-    for key in ["gateway.colour", "adapters[0].devices[0].points[0].increment", "adapters[1].type"] {
-        assert!(errors.iter().any(|l| l.contains(key)), "{key} missing from {lines:?}");
+    for key in [
+        "gateway.colour",
+        "adapters[0].devices[0].points[0].increment",
+        "adapters[1].type",
+    ] {
+        assert!(
+            errors.iter().any(|l| l.contains(key)),
+            "{key} missing from {lines:?}"
+        );
     }
-    assert!(lines.last().is_some_and(|l| l.contains("3 problem(s)")), "{lines:?}");
+    assert!(
+        lines.last().is_some_and(|l| l.contains("3 problem(s)")),
+        "{lines:?}"
+    );
 }
 
 #[test]
@@ -104,7 +142,9 @@ fn environment_variables_override_the_file() {
         .output()
         .expect("runs");
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("environment variable FIELDGATE_QUEUE__WHEN_FULL: queue.when_full: unknown value `panic`"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(
+        "environment variable FIELDGATE_QUEUE__WHEN_FULL: queue.when_full: unknown value `panic`"
+    ));
 }
 
 #[test]
@@ -121,12 +161,21 @@ interval = "5ms"
 "#,
     );
     let cfg = cfg.to_str().expect("utf-8").to_string();
-    let mut child = fieldgate().args(["run", "-c", &cfg]).spawn().expect("gateway starts");
+    let mut child = fieldgate()
+        .args(["run", "-c", &cfg])
+        .spawn()
+        .expect("gateway starts");
     let out = dir.path().join("out.jsonl");
-    wait_for("readings in the file uplink", 30, || json_lines(&out).len() >= 20);
+    wait_for("readings in the file uplink", 30, || {
+        json_lines(&out).len() >= 20
+    });
 
     let stats = run(&["queue", "stats", "-c", &cfg, "--json"]);
-    assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
+    assert!(
+        stats.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stats.stderr)
+    );
     let s: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats JSON");
     assert!(s["appended"].as_u64().expect("appended") >= 20);
     assert_eq!(s["uplinks"][0]["uplink"], "file");
@@ -145,8 +194,16 @@ interval = "5ms"
 #[test]
 fn queue_stats_without_a_queue_says_so() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = site(dir.path(), "", "[[adapters.devices.points]]\nname = \"n\"\nwaveform = \"counter\"\ninterval = \"1s\"");
+    let cfg = site(
+        dir.path(),
+        "",
+        "[[adapters.devices.points]]\nname = \"n\"\nwaveform = \"counter\"\ninterval = \"1s\"",
+    );
     let out = run(&["queue", "stats", "-c", cfg.to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no queue at"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no queue at"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -20,7 +20,11 @@ const MODE_VAR: &str = "FIELDGATE_KILL9_MODE";
 
 fn options(mode: &str) -> QueueOptions {
     QueueOptions {
-        durability: if mode == "power-loss" { Durability::PowerLoss } else { Durability::Crash },
+        durability: if mode == "power-loss" {
+            Durability::PowerLoss
+        } else {
+            Durability::Crash
+        },
         ..QueueOptions::default()
     }
 }
@@ -33,14 +37,23 @@ fn child_writer() {
     let (Ok(db), Ok(mode)) = (std::env::var(DB_VAR), std::env::var(MODE_VAR)) else {
         return; // not started by the parent
     };
-    let mut q = Queue::open(Path::new(&db), options(&mode), &["cloud"]).expect("child opens the queue");
+    let mut q =
+        Queue::open(Path::new(&db), options(&mode), &["cloud"]).expect("child opens the queue");
     let mut rng = fastrand::Rng::new();
     let mut out = std::io::stdout().lock();
     loop {
         let first = q.next_seq();
         let n = rng.u64(1..=2000);
         let batch: Vec<Reading> = (first..first + n)
-            .map(|seq| Reading::new("kill9", "dev", "p", SystemTime::now(), Value::I64(seq as i64)))
+            .map(|seq| {
+                Reading::new(
+                    "kill9",
+                    "dev",
+                    "p",
+                    SystemTime::now(),
+                    Value::I64(seq as i64),
+                )
+            })
             .collect();
         let outcome = q.append(&batch).expect("append");
         let (a, b) = outcome.seqs.expect("stored");
@@ -64,9 +77,19 @@ fn kill9_loses_nothing_committed() {
     let mut rng = fastrand::Rng::with_seed(9);
     let mut reported: Vec<(u64, u64)> = Vec::new();
     for round in 0..20 {
-        let mode = if round % 2 == 0 { "crash" } else { "power-loss" };
+        let mode = if round % 2 == 0 {
+            "crash"
+        } else {
+            "power-loss"
+        };
         let mut child = Command::new(&exe)
-            .args(["--exact", "child_writer", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "child_writer",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(DB_VAR, &db)
             .env(MODE_VAR, mode)
             .stdout(Stdio::piped())
@@ -79,7 +102,10 @@ fn kill9_loses_nothing_committed() {
                 .lines()
                 .map_while(Result::ok)
                 .filter_map(|l| {
-                    let mut it = l.strip_prefix("C ")?.split(' ').map(|n| n.parse::<u64>().ok());
+                    let mut it = l
+                        .strip_prefix("C ")?
+                        .split(' ')
+                        .map(|n| n.parse::<u64>().ok());
                     Some((it.next()??, it.next()??))
                 })
                 .collect::<Vec<_>>()
@@ -88,12 +114,19 @@ fn kill9_loses_nothing_committed() {
         let start = Instant::now();
         std::thread::sleep(Duration::from_millis(200 + rng.u64(0..300)));
         let pid = child.id();
-        let status = Command::new("kill").args(["-KILL", &pid.to_string()]).status().expect("kill runs");
+        let status = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("kill runs");
         assert!(status.success());
         let exit = child.wait().expect("reaped");
         assert!(!exit.success(), "the child was killed, it did not finish");
         let ranges = reader.join().expect("reader");
-        assert!(!ranges.is_empty(), "round {round}: the child committed nothing in {:?}", start.elapsed());
+        assert!(
+            !ranges.is_empty(),
+            "round {round}: the child committed nothing in {:?}",
+            start.elapsed()
+        );
         let round_ranges = ranges.len();
         reported.extend(ranges);
 
@@ -104,21 +137,38 @@ fn kill9_loses_nothing_committed() {
         let rows = q.peek(round_start - 1, usize::MAX >> 1).expect("read back");
         let mut expected_seq = round_start;
         for r in &rows {
-            assert_eq!(r.seq, expected_seq, "round {round}: rows are contiguous and unique");
-            assert_eq!(r.reading.value, Value::I64(r.seq as i64), "row {} holds another row's value", r.seq);
+            assert_eq!(
+                r.seq, expected_seq,
+                "round {round}: rows are contiguous and unique"
+            );
+            assert_eq!(
+                r.reading.value,
+                Value::I64(r.seq as i64),
+                "row {} holds another row's value",
+                r.seq
+            );
             expected_seq += 1;
         }
         let last_reported = reported.last().map_or(0, |r| r.1);
-        assert!(expected_seq > last_reported, "round {round}: committed seq {last_reported} is missing (read through {})", expected_seq - 1);
+        assert!(
+            expected_seq > last_reported,
+            "round {round}: committed seq {last_reported} is missing (read through {})",
+            expected_seq - 1
+        );
         {
             let conn = rusqlite::Connection::open(&db).expect("open");
             let (n, min, max, wrong): (i64, i64, i64, i64) = conn
-                .query_row("SELECT count(*), min(seq), max(seq), sum(value != seq) FROM readings", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })
+                .query_row(
+                    "SELECT count(*), min(seq), max(seq), sum(value != seq) FROM readings",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
                 .expect("summary");
             assert_eq!((min, wrong), (1, 0), "round {round}");
-            assert_eq!(n, max, "round {round}: every seq from 1 to {max} exactly once");
+            assert_eq!(
+                n, max,
+                "round {round}: every seq from 1 to {max} exactly once"
+            );
             assert!(max as u64 >= last_reported);
         }
         // Sequence ids continue after the last committed one: nothing is reused.
@@ -126,7 +176,9 @@ fn kill9_loses_nothing_committed() {
         assert!(q.next_seq() > last);
         q.close().expect("close");
         let conn = rusqlite::Connection::open(&db).expect("open");
-        let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("integrity");
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("integrity");
         assert_eq!(check, "ok", "round {round}");
     }
     let total: u64 = reported.iter().map(|(a, b)| b - a + 1).sum();

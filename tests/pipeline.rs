@@ -12,7 +12,11 @@ fn counter_values(dir: &std::path::Path, cfg: &str) -> Vec<i64> {
         .map(|v| v["value"].as_i64().expect("int value"))
         .collect();
     let peek = run(&["queue", "peek", "-c", cfg, "--json", "-n", "1000000"]);
-    assert!(peek.status.success(), "{}", String::from_utf8_lossy(&peek.stderr));
+    assert!(
+        peek.status.success(),
+        "{}",
+        String::from_utf8_lossy(&peek.stderr)
+    );
     for line in String::from_utf8_lossy(&peek.stdout).lines() {
         let v: serde_json::Value = serde_json::from_str(line).expect("json");
         values.push(v["value"].as_i64().expect("int"));
@@ -44,15 +48,26 @@ interval = "1ms"
     common::signal(child.id(), signal);
     let out = child.wait_with_output().expect("exits");
     let logs = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit status {} after SIG{signal}; logs:\n{logs}", out.status);
+    assert!(
+        out.status.success(),
+        "exit status {} after SIG{signal}; logs:\n{logs}",
+        out.status
+    );
     assert!(logs.contains("\"message\":\"stopped\""), "logs:\n{logs}");
 
     let values = counter_values(dir.path(), &cfg);
     let unique: BTreeSet<i64> = values.iter().copied().collect();
     assert_eq!(unique.len(), values.len(), "no reading twice");
-    assert!(values.len() >= 100, "the simulator ran for 1.5s at 1ms: got {}", values.len());
+    assert!(
+        values.len() >= 100,
+        "the simulator ran for 1.5s at 1ms: got {}",
+        values.len()
+    );
     let expected: BTreeSet<i64> = (0..values.len() as i64).collect();
-    assert_eq!(unique, expected, "every generated reading is committed, none lost");
+    assert_eq!(
+        unique, expected,
+        "every generated reading is committed, none lost"
+    );
 }
 
 #[test]
@@ -68,19 +83,32 @@ fn sigint_does_the_same() {
 #[test]
 fn json_logs_are_json() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = site(dir.path(), "", "[[adapters.devices.points]]\nname = \"n\"\nwaveform = \"counter\"\ninterval = \"10ms\"");
+    let cfg = site(
+        dir.path(),
+        "",
+        "[[adapters.devices.points]]\nname = \"n\"\nwaveform = \"counter\"\ninterval = \"10ms\"",
+    );
     let child = fieldgate()
-        .args(["run", "-c", cfg.to_str().expect("utf-8"), "--log-format", "json"])
+        .args([
+            "run",
+            "-c",
+            cfg.to_str().expect("utf-8"),
+            "--log-format",
+            "json",
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("starts");
-    wait_for("a delivery", 30, || !json_lines(&dir.path().join("out.jsonl")).is_empty());
+    wait_for("a delivery", 30, || {
+        !json_lines(&dir.path().join("out.jsonl")).is_empty()
+    });
     common::signal(child.id(), "TERM");
     let out = child.wait_with_output().expect("exits");
     let logs = String::from_utf8_lossy(&out.stderr);
     let mut n = 0;
     for line in logs.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
         n += 1;
     }
@@ -89,11 +117,24 @@ fn json_logs_are_json() {
 
 #[test]
 fn demo_delivers_readings_within_seconds() {
-    let out = fieldgate().args(["demo", "--duration", "3s"]).output().expect("demo runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = fieldgate()
+        .args(["demo", "--duration", "3s"])
+        .output()
+        .expect("demo runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let delivered = stdout.lines().filter(|l| l.starts_with('#')).count();
-    assert!(delivered >= 5, "demo printed {delivered} readings:\n{stdout}");
-    assert!(stdout.contains("pumpstation/pump-1/outlet_pressure"), "{stdout}");
+    assert!(
+        delivered >= 5,
+        "demo printed {delivered} readings:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("pumpstation/pump-1/outlet_pressure"),
+        "{stdout}"
+    );
     assert!(stdout.contains("0 lost"), "{stdout}");
 }

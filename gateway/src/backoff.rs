@@ -63,7 +63,11 @@ mod tests {
         let ceilings = [100, 200, 400, 800, 1000, 1000];
         for ceiling in ceilings {
             let d = b.next_delay().as_millis();
-            assert!(d >= ceiling / 2 && d <= ceiling, "{d} not in [{}, {ceiling}]", ceiling / 2);
+            assert!(
+                d >= ceiling / 2 && d <= ceiling,
+                "{d} not in [{}, {ceiling}]",
+                ceiling / 2
+            );
         }
         assert_eq!(b.attempts(), 6);
         b.reset();

@@ -93,14 +93,24 @@ impl Probe {
             readings,
             elapsed: end.at - self.at,
             cpu: end.cpu.saturating_sub(self.cpu),
-            write_bytes_per_reading: end.written.saturating_sub(self.written) as f64 / readings.max(1) as f64,
+            write_bytes_per_reading: end.written.saturating_sub(self.written) as f64
+                / readings.max(1) as f64,
         }
     }
 }
 
 /// Runs every phase and returns the figures.
 pub async fn run(opts: &BenchOptions) -> Result<BenchReport, QueueError> {
-    std::fs::create_dir_all(&opts.dir).map_err(|e| QueueError::Incompatible(format!("cannot create {}: {e}", opts.dir.display())))?;
+    std::fs::create_dir_all(&opts.dir).map_err(|e| {
+        QueueError::Incompatible(format!("cannot create {}: {e}", opts.dir.display()))
+    })?;
+    // Absolute, because the pipeline phase resolves paths against its config's directory.
+    let dir = std::fs::canonicalize(&opts.dir)
+        .map_err(|e| QueueError::Incompatible(format!("{}: {e}", opts.dir.display())))?;
+    let opts = &BenchOptions {
+        dir,
+        ..opts.clone()
+    };
     let mut report = BenchReport::default();
     for &durability in &opts.durabilities {
         let mode = match durability {
@@ -111,15 +121,24 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, QueueError> {
         let bare = tokio::task::spawn_blocking(move || bare_loop(&dir, durability, n, batch))
             .await
             .map_err(|e| QueueError::Task(e.to_string()))??;
-        report.phases.push(Phase { name: format!("bare rusqlite loop ({mode})"), ..bare });
+        report.phases.push(Phase {
+            name: format!("bare rusqlite loop ({mode})"),
+            ..bare
+        });
         let dir = opts.dir.clone();
         let queue = tokio::task::spawn_blocking(move || queue_loop(&dir, durability, n, batch))
             .await
             .map_err(|e| QueueError::Task(e.to_string()))??;
-        report.phases.push(Phase { name: format!("queue append+peek+ack ({mode})"), ..queue });
+        report.phases.push(Phase {
+            name: format!("queue append+peek+ack ({mode})"),
+            ..queue
+        });
         if !opts.skip_pipeline {
             let p = pipeline_run(&opts.dir, durability, n, batch).await?;
-            report.phases.push(Phase { name: format!("pipeline sim→queue→file ({mode})"), ..p });
+            report.phases.push(Phase {
+                name: format!("pipeline sim→queue→file ({mode})"),
+                ..p
+            });
         }
     }
     report.peak_rss = peak_rss();
@@ -139,11 +158,24 @@ fn fresh_db(dir: &Path, name: &str) -> PathBuf {
 /// Steady state: the first batches (WAL and table growth) are not measured.
 const WARMUP_BATCHES: u64 = 10;
 
-fn bare_loop(dir: &Path, durability: Durability, n: u64, batch: usize) -> Result<Phase, QueueError> {
+fn bare_loop(
+    dir: &Path,
+    durability: Durability,
+    n: u64,
+    batch: usize,
+) -> Result<Phase, QueueError> {
     let path = fresh_db(dir, "bench-bare.db");
     let mut conn = Connection::open(&path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", if durability == Durability::Crash { "NORMAL" } else { "FULL" })?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        if durability == Durability::Crash {
+            "NORMAL"
+        } else {
+            "FULL"
+        },
+    )?;
     conn.execute_batch(
         "CREATE TABLE t (seq INTEGER PRIMARY KEY, series INTEGER NOT NULL, ts INTEGER NOT NULL, kind INTEGER NOT NULL, value, reason TEXT)",
     )?;
@@ -162,7 +194,13 @@ fn bare_loop(dir: &Path, durability: Durability, n: u64, batch: usize) -> Result
             let mut ins = tx.prepare_cached("INSERT INTO t (seq, series, ts, kind, value, reason) VALUES (?1, ?2, ?3, ?4, ?5, NULL)")?;
             for i in 0..batch {
                 seq += 1;
-                ins.execute(params![seq as i64, 1, 1_763_704_800_000_000i64 + i as i64, 2, seq as f64])?;
+                ins.execute(params![
+                    seq as i64,
+                    1,
+                    1_763_704_800_000_000i64 + i as i64,
+                    2,
+                    seq as f64
+                ])?;
             }
         }
         tx.commit()?;
@@ -173,7 +211,8 @@ fn bare_loop(dir: &Path, durability: Durability, n: u64, batch: usize) -> Result
                 checksum += r.get::<_, f64>(4)?;
             }
         }
-        conn.prepare_cached("DELETE FROM t WHERE seq <= ?1")?.execute([seq as i64])?;
+        conn.prepare_cached("DELETE FROM t WHERE seq <= ?1")?
+            .execute([seq as i64])?;
     }
     std::hint::black_box(checksum);
     let phase = probe.phase(String::new(), n);
@@ -181,14 +220,24 @@ fn bare_loop(dir: &Path, durability: Durability, n: u64, batch: usize) -> Result
     Ok(phase)
 }
 
+/// Readings as an adapter makes them: the names are shared, not allocated per reading.
 fn sample_batch(batch: usize) -> Vec<Reading> {
     let now = SystemTime::now();
+    let template = Reading::new("bench", "device-1", "value", now, Value::F64(0.0)).with_unit("kW");
     (0..batch)
-        .map(|i| Reading::new("bench", "device-1", "value", now, Value::F64(i as f64 * 0.5)).with_unit("kW"))
+        .map(|i| Reading {
+            value: Value::F64(i as f64 * 0.5),
+            ..template.clone()
+        })
         .collect()
 }
 
-fn queue_loop(dir: &Path, durability: Durability, n: u64, batch: usize) -> Result<Phase, QueueError> {
+fn queue_loop(
+    dir: &Path,
+    durability: Durability,
+    n: u64,
+    batch: usize,
+) -> Result<Phase, QueueError> {
     let path = fresh_db(dir, "bench-queue.db");
     let opts = QueueOptions {
         durability,
@@ -215,11 +264,20 @@ fn queue_loop(dir: &Path, durability: Durability, n: u64, batch: usize) -> Resul
     Ok(phase)
 }
 
-async fn pipeline_run(dir: &Path, durability: Durability, n: u64, batch: usize) -> Result<Phase, QueueError> {
+async fn pipeline_run(
+    dir: &Path,
+    durability: Durability,
+    n: u64,
+    batch: usize,
+) -> Result<Phase, QueueError> {
     let qpath = fresh_db(dir, "bench-pipeline.db");
     let out = dir.join("bench-pipeline.jsonl");
     for i in 0..=1 {
-        let _ = std::fs::remove_file(if i == 0 { out.clone() } else { out.with_extension("jsonl.1") });
+        let _ = std::fs::remove_file(if i == 0 {
+            out.clone()
+        } else {
+            out.with_extension("jsonl.1")
+        });
     }
     let text = format!(
         r#"
@@ -249,12 +307,20 @@ path = "{out}"
         dir = dir.display(),
         qpath = qpath.display(),
         out = out.display(),
-        mode = if durability == Durability::Crash { "crash" } else { "power-loss" },
+        mode = if durability == Durability::Crash {
+            "crash"
+        } else {
+            "power-loss"
+        },
     );
     let config = Config::from_toml(&dir.join("bench.toml"), &text, &[])
         .map_err(|e| QueueError::Incompatible(e.to_string()))?;
     let factory: AdapterFactory = Box::new(move || {
-        Ok(Box::new(fieldgate_simulator::Simulator::full_rate("device-1", "value", Some(n))) as Box<dyn Adapter>)
+        Ok(Box::new(fieldgate_simulator::Simulator::full_rate(
+            "device-1",
+            "value",
+            Some(n),
+        )) as Box<dyn Adapter>)
     });
     let parts = Parts {
         adapters: vec![("bench".into(), factory)],
@@ -284,7 +350,10 @@ path = "{out}"
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let phase = probe.phase(String::new(), n);
-    running.stop().await.map_err(|e| QueueError::Incompatible(e.to_string()))?;
+    running
+        .stop()
+        .await
+        .map_err(|e| QueueError::Incompatible(e.to_string()))?;
     let _ = std::fs::remove_file(&out);
     let _ = std::fs::remove_file(out.with_extension("jsonl.1"));
     Ok(phase)
@@ -320,7 +389,10 @@ pub fn render(report: &BenchReport) -> String {
         );
     }
     let _ = writeln!(s, "peak RSS: {:.1} MB", report.peak_rss as f64 / 1e6);
-    let _ = writeln!(s, "(\"vs bare\" = how many times slower than the bare rusqlite loop of the same durability)");
+    let _ = writeln!(
+        s,
+        "(\"vs bare\" = how many times slower than the bare rusqlite loop of the same durability)"
+    );
     s
 }
 
@@ -332,7 +404,12 @@ fn cpu_time() -> Duration {
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the name.
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
@@ -349,9 +426,12 @@ fn proc_field(file: &str, key: &str) -> u64 {
     std::fs::read_to_string(file)
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l[key.len()..].split_whitespace().next().and_then(|v| v.parse().ok()))
+            s.lines().find(|l| l.starts_with(key)).and_then(|l| {
+                l[key.len()..]
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse().ok())
+            })
         })
         .unwrap_or(0)
 }
@@ -374,11 +454,21 @@ mod tests {
         let names: Vec<_> = report.phases.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
             names,
-            ["bare rusqlite loop (crash)", "queue append+peek+ack (crash)", "pipeline sim→queue→file (crash)"]
+            [
+                "bare rusqlite loop (crash)",
+                "queue append+peek+ack (crash)",
+                "pipeline sim→queue→file (crash)"
+            ]
         );
-        assert!(report.phases.iter().all(|p| p.readings == 20_000 && p.rate() > 0.0));
+        assert!(report
+            .phases
+            .iter()
+            .all(|p| p.readings == 20_000 && p.rate() > 0.0));
         assert!(report.peak_rss > 0, "VmHWM is readable on Linux");
         let table = render(&report);
-        assert!(table.contains("vs bare") && table.contains("peak RSS"), "{table}");
+        assert!(
+            table.contains("vs bare") && table.contains("peak RSS"),
+            "{table}"
+        );
     }
 }

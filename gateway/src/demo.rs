@@ -33,17 +33,28 @@ pub enum DemoError {
 /// The demo config with its state under `dir`.
 pub fn config(dir: &Path) -> Result<Config, ConfigErrors> {
     let env = vec![
-        ("FIELDGATE_GATEWAY__DATA_DIR".to_string(), dir.display().to_string()),
-        ("FIELDGATE_UPLINKS__1__PATH".to_string(), dir.join("readings.jsonl").display().to_string()),
+        (
+            "FIELDGATE_GATEWAY__DATA_DIR".to_string(),
+            dir.display().to_string(),
+        ),
+        (
+            "FIELDGATE_UPLINKS__1__PATH".to_string(),
+            dir.join("readings.jsonl").display().to_string(),
+        ),
     ];
     Config::from_toml(&dir.join("demo.toml"), DEMO_CONFIG, &env)
 }
 
 /// Runs the demo until `duration` passes or `shutdown` fires.
 pub async fn run(duration: Option<Duration>, mut shutdown: Shutdown) -> Result<(), DemoError> {
-    let dir = tempfile::Builder::new().prefix("fieldgate-demo-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("fieldgate-demo-")
+        .tempdir()?;
     let config = config(dir.path())?;
-    println!("fieldgate demo: simulated pump station -> queue -> console + {}", dir.path().join("readings.jsonl").display());
+    println!(
+        "fieldgate demo: simulated pump station -> queue -> console + {}",
+        dir.path().join("readings.jsonl").display()
+    );
     println!("(Ctrl-C to stop)\n");
     let running = pipeline::start(&config).await?;
     let deadline = async {
@@ -72,6 +83,9 @@ pub async fn run(duration: Option<Duration>, mut shutdown: Shutdown) -> Result<(
         }
     }
     let report = running.stop().await?;
-    println!("\ndemo stopped: {} readings committed, {} lost.", report.committed, report.lost);
+    println!(
+        "\ndemo stopped: {} readings committed, {} lost.",
+        report.committed, report.lost
+    );
     Ok(())
 }

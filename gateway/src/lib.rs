@@ -4,7 +4,7 @@
 //! bounded channel; the [`pipeline`]'s writer commits them in batches to the durable
 //! [`queue`]; one [`uplink::forwarder`] per configured uplink drains the queue and
 //! acknowledges what the far side has. [`config`] turns a TOML file into the typed
-//! [`config::Config`] the pipeline is built from; [`bench`] measures it all.
+//! [`config::Config`] the pipeline is built from; [`bench`](mod@bench) measures it all.
 
 #![forbid(unsafe_code)]
 

@@ -68,7 +68,12 @@ enum Command {
 #[derive(Debug, Args)]
 struct ConfigArg {
     /// The site config file.
-    #[arg(short, long, env = "FIELDGATE_CONFIG", default_value = "/etc/fieldgate/fieldgate.toml")]
+    #[arg(
+        short,
+        long,
+        env = "FIELDGATE_CONFIG",
+        default_value = "/etc/fieldgate/fieldgate.toml"
+    )]
     config: PathBuf,
 }
 
@@ -139,7 +144,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
-    let rust_log = env.iter().find(|(k, _)| k == "RUST_LOG").map(|(_, v)| v.clone());
+    let rust_log = env
+        .iter()
+        .find(|(k, _)| k == "RUST_LOG")
+        .map(|(_, v)| v.clone());
     match cli.command {
         Command::Check(arg) => {
             let config = match load(&arg.config, env) {
@@ -164,16 +172,26 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            init_logging(rust_log.as_deref().unwrap_or(&config.log.level), cli.log_format.unwrap_or(config.log.format));
+            init_logging(
+                rust_log.as_deref().unwrap_or(&config.log.level),
+                cli.log_format.unwrap_or(config.log.format),
+            );
             let rt = runtime()?;
             rt.block_on(async {
                 let shutdown = signals()?;
                 let report = pipeline::run(&config, shutdown).await?;
-                anyhow::Ok(if report.lost > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+                anyhow::Ok(if report.lost > 0 {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                })
             })
         }
         Command::Demo { duration } => {
-            init_logging(rust_log.as_deref().unwrap_or("warn"), cli.log_format.unwrap_or_default());
+            init_logging(
+                rust_log.as_deref().unwrap_or("warn"),
+                cli.log_format.unwrap_or_default(),
+            );
             let rt = runtime()?;
             rt.block_on(async {
                 demo::run(duration, signals()?).await?;
@@ -188,12 +206,17 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
             batch,
             skip_pipeline,
         } => {
-            init_logging(rust_log.as_deref().unwrap_or("warn"), cli.log_format.unwrap_or_default());
+            init_logging(
+                rust_log.as_deref().unwrap_or("warn"),
+                cli.log_format.unwrap_or_default(),
+            );
             let durabilities = match durability.as_str() {
                 "crash" => vec![Durability::Crash],
                 "power-loss" => vec![Durability::PowerLoss],
                 "both" => vec![Durability::Crash, Durability::PowerLoss],
-                other => anyhow::bail!("--durability must be crash, power-loss or both, not `{other}`"),
+                other => {
+                    anyhow::bail!("--durability must be crash, power-loss or both, not `{other}`")
+                }
             };
             let opts = bench::BenchOptions {
                 readings,
@@ -202,7 +225,12 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
                 batch,
                 skip_pipeline,
             };
-            println!("fieldgate bench: {} readings per phase, batches of {}, in {}", opts.readings, opts.batch, opts.dir.display());
+            println!(
+                "fieldgate bench: {} readings per phase, batches of {}, in {}",
+                opts.readings,
+                opts.batch,
+                opts.dir.display()
+            );
             let report = runtime()?.block_on(bench::run(&opts))?;
             print!("{}", bench::render(&report));
             Ok(ExitCode::SUCCESS)
@@ -212,7 +240,9 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
 
 fn queue_command(cmd: QueueCommand, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
     let (arg, json) = match &cmd {
-        QueueCommand::Stats { config, json } | QueueCommand::Peek { config, json, .. } => (config, *json),
+        QueueCommand::Stats { config, json } | QueueCommand::Peek { config, json, .. } => {
+            (config, *json)
+        }
     };
     let config = match load(&arg.config, env) {
         Ok(c) => c,
@@ -227,15 +257,37 @@ fn queue_command(cmd: QueueCommand, env: &[(String, String)]) -> anyhow::Result<
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
                 println!("queue {}", path.display());
-                println!("  depth          {} readings (seq {} .. {})", stats.depth, opt(stats.first_seq), opt(stats.last_seq));
-                println!("  oldest         {}", stats.oldest_age.map_or("-".into(), |d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()));
-                println!("  on disk        {} bytes ({} in live pages)", stats.file_bytes, stats.used_bytes);
+                println!(
+                    "  depth          {} readings (seq {} .. {})",
+                    stats.depth,
+                    opt(stats.first_seq),
+                    opt(stats.last_seq)
+                );
+                println!(
+                    "  oldest         {}",
+                    stats
+                        .oldest_age
+                        .map_or("-".into(), |d| humantime::format_duration(
+                            Duration::from_secs(d.as_secs())
+                        )
+                        .to_string())
+                );
+                println!(
+                    "  on disk        {} bytes ({} in live pages)",
+                    stats.file_bytes, stats.used_bytes
+                );
                 println!("  appended       {}", stats.appended);
                 println!("  delivered      {}", stats.delivered);
-                println!("  dropped        {} too old, {} oldest (full), {} newest (full)", stats.dropped_age, stats.dropped_oldest, stats.dropped_newest);
+                println!(
+                    "  dropped        {} too old, {} oldest (full), {} newest (full)",
+                    stats.dropped_age, stats.dropped_oldest, stats.dropped_newest
+                );
                 println!("  dead letters   {}", stats.dead_letters);
                 for u in &stats.uplinks {
-                    println!("  uplink {:<12} acked through {}, {} pending, {} delivered", u.uplink, u.acked, u.pending, u.delivered);
+                    println!(
+                        "  uplink {:<12} acked through {}, {} pending, {} delivered",
+                        u.uplink, u.acked, u.pending, u.delivered
+                    );
                 }
             }
         }
@@ -246,7 +298,12 @@ fn queue_command(cmd: QueueCommand, env: &[(String, String)]) -> anyhow::Result<
                     Some(u) => u.acked,
                     None => anyhow::bail!(
                         "no uplink `{name}` in the queue; known: {}",
-                        stats.uplinks.iter().map(|u| u.uplink.as_str()).collect::<Vec<_>>().join(", ")
+                        stats
+                            .uplinks
+                            .iter()
+                            .map(|u| u.uplink.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 },
             };
@@ -280,8 +337,11 @@ fn opt(v: Option<u64>) -> String {
 }
 
 fn init_logging(filter: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -50,7 +50,10 @@ pub fn write_json(out: &mut Vec<u8>, gateway: &str, q: &Queued) {
         }
         m.end()
     })();
-    debug_assert!(result.is_ok(), "serializing to memory cannot fail: {result:?}");
+    debug_assert!(
+        result.is_ok(),
+        "serializing to memory cannot fail: {result:?}"
+    );
 }
 
 /// `2026-11-21T06:00:00.123456Z`.
@@ -90,9 +93,15 @@ mod tests {
     fn json(value: Value, quality: Quality) -> serde_json::Value {
         let q = Queued {
             seq: 42,
-            reading: Reading::new("sim", "pump-1", "t", UNIX_EPOCH + Duration::from_micros(1_763_704_800_123_456), value)
-                .with_unit("°C")
-                .with_quality(quality),
+            reading: Reading::new(
+                "sim",
+                "pump-1",
+                "t",
+                UNIX_EPOCH + Duration::from_micros(1_763_704_800_123_456),
+                value,
+            )
+            .with_unit("°C")
+            .with_quality(quality),
         };
         let mut out = Vec::new();
         write_json(&mut out, "site-01", &q);
@@ -108,14 +117,32 @@ mod tests {
                 "ts":"2025-11-21T06:00:00.123456Z","type":"float","value":21.5,"unit":"°C","quality":"good"})
         );
         let v = json(Value::F64(f64::NAN), Quality::Stale("timeout".into()));
-        assert_eq!((v["value"].clone(), v["quality"].clone(), v["reason"].clone()), (serde_json::Value::Null, "stale".into(), "timeout".into()));
-        assert_eq!(json(Value::Bytes(b"test".to_vec()), Quality::Good)["value"], "dGVzdA==");
+        assert_eq!(
+            (
+                v["value"].clone(),
+                v["quality"].clone(),
+                v["reason"].clone()
+            ),
+            (serde_json::Value::Null, "stale".into(), "timeout".into())
+        );
+        assert_eq!(
+            json(Value::Bytes(b"test".to_vec()), Quality::Good)["value"],
+            "dGVzdA=="
+        );
         assert_eq!(json(Value::Bool(true), Quality::Good)["type"], "bool");
     }
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        let cases = [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")];
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
         for (input, expected) in cases {
             assert_eq!(base64(input.as_bytes()), expected);
         }

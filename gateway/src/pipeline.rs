@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fieldgate_adapter::{
-    reading_channel, Adapter, AdapterContext, AdapterError, CommandSender, ReadingReceiver, ReadingSender, Shutdown,
-    ShutdownTrigger,
+    reading_channel, Adapter, AdapterContext, AdapterError, CommandSender, ReadingReceiver,
+    ReadingSender, Shutdown, ShutdownTrigger,
 };
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -83,8 +83,14 @@ pub struct Parts {
 impl std::fmt::Debug for Parts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Parts")
-            .field("adapters", &self.adapters.iter().map(|(id, _)| id).collect::<Vec<_>>())
-            .field("uplinks", &self.uplinks.iter().map(|(o, _)| &o.id).collect::<Vec<_>>())
+            .field(
+                "adapters",
+                &self.adapters.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            )
+            .field(
+                "uplinks",
+                &self.uplinks.iter().map(|(o, _)| &o.id).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -101,7 +107,8 @@ impl Parts {
                         let sim = sim.clone();
                         let base = config.base_dir.clone();
                         Box::new(move || {
-                            fieldgate_simulator::Simulator::new(&sim, &base).map(|s| Box::new(s) as Box<dyn Adapter>)
+                            fieldgate_simulator::Simulator::new(&sim, &base)
+                                .map(|s| Box::new(s) as Box<dyn Adapter>)
                         })
                     }
                 };
@@ -147,11 +154,20 @@ pub struct WriterReport {
 
 /// Starts the pipeline `config` describes.
 pub async fn start(config: &Config) -> Result<Running, PipelineError> {
-    start_with(config, Parts::from_config(config), PipelineOptions::default()).await
+    start_with(
+        config,
+        Parts::from_config(config),
+        PipelineOptions::default(),
+    )
+    .await
 }
 
 /// Starts a pipeline with the queue settings of `config` and the given parts.
-pub async fn start_with(config: &Config, parts: Parts, opts: PipelineOptions) -> Result<Running, PipelineError> {
+pub async fn start_with(
+    config: &Config,
+    parts: Parts,
+    opts: PipelineOptions,
+) -> Result<Running, PipelineError> {
     let path = config.queue_path();
     let ids: Vec<String> = parts.uplinks.iter().map(|(o, _)| o.id.clone()).collect();
     let qopts = config.queue_options();
@@ -173,15 +189,29 @@ pub async fn start_with(config: &Config, parts: Parts, opts: PipelineOptions) ->
     let (forwarders_stop, fwd_shutdown) = ShutdownTrigger::new();
     let mut forwarders = Vec::new();
     for (fopts, up) in parts.uplinks {
-        forwarders.push(tokio::spawn(uplink::forwarder(queue.clone(), up, fopts, fwd_shutdown.clone())));
+        forwarders.push(tokio::spawn(uplink::forwarder(
+            queue.clone(),
+            up,
+            fopts,
+            fwd_shutdown.clone(),
+        )));
     }
     if config.queue.max_age.is_some() {
-        forwarders.push(tokio::spawn(expire_loop(queue.clone(), fwd_shutdown.clone())));
+        forwarders.push(tokio::spawn(expire_loop(
+            queue.clone(),
+            fwd_shutdown.clone(),
+        )));
     }
 
     let (tx, rx) = reading_channel(config.queue.channel_capacity);
     let (writer_abort, abort) = ShutdownTrigger::new();
-    let writer = tokio::spawn(writer(queue.clone(), rx, config.queue.batch_size, config.queue.flush_interval, abort));
+    let writer = tokio::spawn(writer(
+        queue.clone(),
+        rx,
+        config.queue.batch_size,
+        config.queue.flush_interval,
+        abort,
+    ));
 
     let (adapters_stop, adapter_shutdown) = ShutdownTrigger::new();
     let routes: CommandRoutes = Arc::default();
@@ -262,12 +292,20 @@ impl Running {
         }
         let path = match queue.stats().await {
             Ok(s) => {
-                tracing::info!(depth = s.depth, appended = s.appended, delivered = s.delivered, "queue closing");
+                tracing::info!(
+                    depth = s.depth,
+                    appended = s.appended,
+                    delivered = s.delivered,
+                    "queue closing"
+                );
                 String::new()
             }
             Err(e) => e.to_string(),
         };
-        queue.close().await.map_err(|source| PipelineError::Queue { path, source })?;
+        queue
+            .close()
+            .await
+            .map_err(|source| PipelineError::Queue { path, source })?;
         tracing::info!(committed = report.committed, lost = report.lost, "stopped");
         Ok(report)
     }
@@ -277,7 +315,9 @@ async fn join_within(handle: JoinHandle<()>, grace: Duration, what: &str) {
     let abort = handle.abort_handle();
     match tokio::time::timeout(grace, handle).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) if e.is_panic() => tracing::error!(error = %e, "{what} task panicked during shutdown"),
+        Ok(Err(e)) if e.is_panic() => {
+            tracing::error!(error = %e, "{what} task panicked during shutdown")
+        }
         Ok(Err(_)) => {}
         Err(_) => {
             tracing::warn!(grace = ?grace, "{what} did not stop in time; aborting it");
@@ -346,8 +386,12 @@ async fn supervise(
         }
         let delay = backoff.next_delay();
         match outcome {
-            Ok(()) => tracing::warn!(adapter = %id, restart_in = ?delay, "adapter stopped by itself; restarting"),
-            Err(why) => tracing::error!(adapter = %id, error = %why, attempt = backoff.attempts(), restart_in = ?delay, "adapter failed; restarting"),
+            Ok(()) => {
+                tracing::warn!(adapter = %id, restart_in = ?delay, "adapter stopped by itself; restarting")
+            }
+            Err(why) => {
+                tracing::error!(adapter = %id, error = %why, attempt = backoff.attempts(), restart_in = ?delay, "adapter failed; restarting")
+            }
         }
         tokio::select! {
             () = shutdown.fired() => return,
@@ -403,7 +447,10 @@ async fn writer(
                 Ok(outcome) => {
                     if outcome.dropped_newest > 0 {
                         report.refused += outcome.dropped_newest;
-                        tracing::warn!(dropped = outcome.dropped_newest, "queue full: refused new readings (when_full = \"drop_newest\")");
+                        tracing::warn!(
+                            dropped = outcome.dropped_newest,
+                            "queue full: refused new readings (when_full = \"drop_newest\")"
+                        );
                     } else {
                         report.committed += n;
                     }
@@ -446,7 +493,10 @@ async fn writer(
         }
         report.lost = buf.len() as u64 + rest;
         if report.lost > 0 {
-            tracing::error!(lost = report.lost, "shutdown: readings in memory could not be committed and are lost");
+            tracing::error!(
+                lost = report.lost,
+                "shutdown: readings in memory could not be committed and are lost"
+            );
         }
     }
     report

@@ -13,7 +13,9 @@ use serde::{de, Deserializer, Serializer};
 pub fn parse(s: &str) -> Result<Duration, String> {
     let trimmed = s.trim();
     if trimmed.starts_with('-') {
-        return Err(format!("`{s}` is negative; durations must be positive, like \"5s\""));
+        return Err(format!(
+            "`{s}` is negative; durations must be positive, like \"5s\""
+        ));
     }
     humantime::parse_duration(trimmed)
         .map_err(|e| format!("`{s}` is not a duration ({e}); write it like \"500ms\", \"5s\", \"10m\", \"2h\" or \"7d\""))
@@ -89,7 +91,9 @@ mod tests {
     }
 
     fn check(input: &str, expected: Result<Duration, &str>) {
-        let got = serde_json::from_str::<T>(input).map(|t| t.d).map_err(|e| e.to_string());
+        let got = serde_json::from_str::<T>(input)
+            .map(|t| t.d)
+            .map_err(|e| e.to_string());
         match (got, expected) {
             (Ok(g), Ok(e)) => assert_eq!(g, e, "{input}"),
             (Err(g), Err(e)) => assert!(g.contains(e), "{input}: {g:?} should contain {e:?}"),

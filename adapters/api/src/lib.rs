@@ -107,7 +107,10 @@ pub fn reading_channel(capacity: usize) -> (ReadingSender, ReadingReceiver) {
 impl ReadingSender {
     /// Sends one reading, waiting while the channel is full (that is the queue's backpressure).
     pub async fn send(&self, reading: Reading) -> Result<(), AdapterError> {
-        self.tx.send(reading).await.map_err(|_| AdapterError::Closed)
+        self.tx
+            .send(reading)
+            .await
+            .map_err(|_| AdapterError::Closed)
     }
 
     /// Sends several readings in order.
@@ -138,8 +141,12 @@ mod tests {
         let r = Reading::new("a", "d", "p", SystemTime::UNIX_EPOCH, Value::I64(1));
         tx.send(r.clone()).await.expect("room for one");
         // The second send must wait: the channel holds one reading.
-        let pending = tokio::time::timeout(std::time::Duration::from_millis(20), tx.send(r.clone()));
-        assert!(pending.await.is_err(), "a full channel must apply backpressure");
+        let pending =
+            tokio::time::timeout(std::time::Duration::from_millis(20), tx.send(r.clone()));
+        assert!(
+            pending.await.is_err(),
+            "a full channel must apply backpressure"
+        );
         assert_eq!(rx.recv().await.expect("a reading").value, Value::I64(1));
         drop(rx);
         assert!(matches!(tx.send(r).await, Err(AdapterError::Closed)));

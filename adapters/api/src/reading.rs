@@ -263,7 +263,10 @@ mod tests {
     #[test]
     fn quality_carries_its_reason() {
         assert_eq!(Quality::Good.reason(), None);
-        assert_eq!(Quality::Bad("exception 2".into()).reason(), Some("exception 2"));
+        assert_eq!(
+            Quality::Bad("exception 2".into()).reason(),
+            Some("exception 2")
+        );
         assert_eq!(Quality::Stale("timeout".into()).as_str(), "stale");
     }
 }

@@ -123,7 +123,10 @@ impl SimulatorConfig {
         let mut ids = std::collections::HashSet::new();
         for (d, dev) in self.devices.iter().enumerate() {
             if dev.id.trim().is_empty() {
-                problems.push(ConfigProblem::new(format!("devices[{d}].id"), "must not be empty"));
+                problems.push(ConfigProblem::new(
+                    format!("devices[{d}].id"),
+                    "must not be empty",
+                ));
             }
             if !ids.insert(dev.id.as_str()) {
                 problems.push(ConfigProblem::new(
@@ -132,7 +135,10 @@ impl SimulatorConfig {
                 ));
             }
             if dev.points.is_empty() {
-                problems.push(ConfigProblem::new(format!("devices[{d}].points"), "needs at least one point"));
+                problems.push(ConfigProblem::new(
+                    format!("devices[{d}].points"),
+                    "needs at least one point",
+                ));
             }
             let mut names = std::collections::HashSet::new();
             for (p, point) in dev.points.iter().enumerate() {
@@ -140,11 +146,17 @@ impl SimulatorConfig {
                 if !names.insert(point.name.as_str()) {
                     problems.push(ConfigProblem::new(
                         key("name"),
-                        format!("point `{}` is defined twice in device `{}`", point.name, dev.id),
+                        format!(
+                            "point `{}` is defined twice in device `{}`",
+                            point.name, dev.id
+                        ),
                     ));
                 }
                 if point.interval.is_zero() {
-                    problems.push(ConfigProblem::new(key("interval"), "must be greater than zero, like \"1s\""));
+                    problems.push(ConfigProblem::new(
+                        key("interval"),
+                        "must be greater than zero, like \"1s\"",
+                    ));
                 }
                 match point.waveform {
                     WaveformKind::Sine | WaveformKind::Ramp | WaveformKind::Step => {
@@ -165,7 +177,7 @@ impl SimulatorConfig {
                                 format!("min ({}) is above max ({})", point.min, point.max),
                             ));
                         }
-                        if !(point.step >= 0.0) {
+                        if point.step.is_nan() || point.step < 0.0 {
                             problems.push(ConfigProblem::new(key("step"), "must be zero or positive"));
                         }
                     }
@@ -198,9 +210,9 @@ fn load_replay(path: &Path) -> Result<Vec<f64>, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let v = line.parse::<f64>().map_err(|_| {
-            format!("{}:{}: `{line}` is not a number", path.display(), n + 1)
-        })?;
+        let v = line
+            .parse::<f64>()
+            .map_err(|_| format!("{}:{}: `{line}` is not a number", path.display(), n + 1))?;
         values.push(v);
     }
     if values.is_empty() {
@@ -222,10 +234,26 @@ struct Point {
 
 #[derive(Debug)]
 enum Generator {
-    Periodic { shape: Shape, min: f64, max: f64, period: f64 },
-    Walk { min: f64, max: f64, step: f64, current: f64 },
-    Counter { next: i64, increment: i64 },
-    Replay { values: Vec<f64>, next: usize },
+    Periodic {
+        shape: Shape,
+        min: f64,
+        max: f64,
+        period: f64,
+    },
+    Walk {
+        min: f64,
+        max: f64,
+        step: f64,
+        current: f64,
+    },
+    Counter {
+        next: i64,
+        increment: i64,
+    },
+    Replay {
+        values: Vec<f64>,
+        next: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -238,7 +266,12 @@ enum Shape {
 impl Generator {
     fn sample(&mut self, elapsed: Duration, rng: &mut fastrand::Rng) -> Value {
         match self {
-            Generator::Periodic { shape, min, max, period } => {
+            Generator::Periodic {
+                shape,
+                min,
+                max,
+                period,
+            } => {
                 let phase = (elapsed.as_secs_f64() / *period).fract();
                 let unit = match shape {
                     Shape::Sine => (1.0 + (phase * std::f64::consts::TAU).sin()) / 2.0,
@@ -253,7 +286,12 @@ impl Generator {
                 };
                 Value::F64(*min + (*max - *min) * unit)
             }
-            Generator::Walk { min, max, step, current } => {
+            Generator::Walk {
+                min,
+                max,
+                step,
+                current,
+            } => {
                 let delta = (rng.f64() * 2.0 - 1.0) * *step;
                 *current = (*current + delta).clamp(*min, *max);
                 Value::F64(*current)
@@ -287,7 +325,12 @@ impl Simulator {
             let device = Name::from(dev.id.as_str());
             for p in &dev.points {
                 let period = p.period.as_secs_f64().max(1e-9);
-                let periodic = |shape| Generator::Periodic { shape, min: p.min, max: p.max, period };
+                let periodic = |shape| Generator::Periodic {
+                    shape,
+                    min: p.min,
+                    max: p.max,
+                    period,
+                };
                 let gen = match p.waveform {
                     WaveformKind::Sine => periodic(Shape::Sine),
                     WaveformKind::Ramp => periodic(Shape::Ramp),
@@ -304,7 +347,10 @@ impl Simulator {
                     },
                     WaveformKind::Replay => {
                         let file = p.file.as_ref().ok_or_else(|| {
-                            AdapterError::Config(format!("point `{}` has waveform \"replay\" but no file", p.name))
+                            AdapterError::Config(format!(
+                                "point `{}` has waveform \"replay\" but no file",
+                                p.name
+                            ))
                         })?;
                         Generator::Replay {
                             values: load_replay(&base.join(file)).map_err(AdapterError::Config)?,
@@ -322,7 +368,10 @@ impl Simulator {
                 });
             }
         }
-        Ok(Simulator { points, seed: 0x5eed })
+        Ok(Simulator {
+            points,
+            seed: 0x5eed,
+        })
     }
 
     /// A single counter point emitting as fast as the queue accepts, `count` readings in all
@@ -336,7 +385,10 @@ impl Simulator {
                 unit: None,
                 interval: Duration::ZERO,
                 remaining: count,
-                gen: Generator::Counter { next: 0, increment: 1 },
+                gen: Generator::Counter {
+                    next: 0,
+                    increment: 1,
+                },
             }],
             seed: 0x5eed,
         }
@@ -346,8 +398,9 @@ impl Simulator {
         let start = Instant::now();
         let mut rng = fastrand::Rng::with_seed(self.seed);
         // Min-heap of (next due time, point index).
-        let mut due: BinaryHeap<Reverse<(Instant, usize)>> =
-            (0..self.points.len()).map(|i| Reverse((start, i))).collect();
+        let mut due: BinaryHeap<Reverse<(Instant, usize)>> = (0..self.points.len())
+            .map(|i| Reverse((start, i)))
+            .collect();
         let mut shutdown = ctx.shutdown.clone();
         let mut commands_open = true;
         loop {
@@ -407,7 +460,9 @@ fn answer(cmd: fieldgate_adapter::Command) {
         CommandAction::Write { point, .. } => {
             CommandError::Unsupported(format!("simulated point `{point}` is read-only"))
         }
-        CommandAction::Send { .. } => CommandError::Unsupported("the simulator takes no raw payloads".into()),
+        CommandAction::Send { .. } => {
+            CommandError::Unsupported("the simulator takes no raw payloads".into())
+        }
     };
     cmd.reply(Err(why));
 }

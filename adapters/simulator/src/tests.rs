@@ -81,8 +81,16 @@ async fn counters_honour_rate_count_and_increment() {
     let mut limited = point("limited", WaveformKind::Counter, 100);
     limited.count = Some(3);
     let out = run_for(config(vec![fast, limited]), 1).await;
-    let fast: Vec<_> = out.iter().filter(|(p, _)| p == "fast").map(|(_, v)| v.clone()).collect();
-    let limited: Vec<_> = out.iter().filter(|(p, _)| p == "limited").map(|(_, v)| v.clone()).collect();
+    let fast: Vec<_> = out
+        .iter()
+        .filter(|(p, _)| p == "fast")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let limited: Vec<_> = out
+        .iter()
+        .filter(|(p, _)| p == "limited")
+        .map(|(_, v)| v.clone())
+        .collect();
     assert_eq!(fast.len(), 10, "10 samples in one second at 100 ms");
     assert_eq!(fast[0], Value::I64(10));
     assert_eq!(fast[9], Value::I64(55));
@@ -112,7 +120,9 @@ async fn replay_loops_over_the_file() {
     let cfg = config(vec![replay]);
     assert!(cfg.validate(&dir).is_empty());
     let sim = Simulator::new(&cfg, &dir).expect("loads");
-    assert!(matches!(&sim.points[0].gen, Generator::Replay { values, .. } if values == &[1.5, 2.5, 3.0]));
+    assert!(
+        matches!(&sim.points[0].gen, Generator::Replay { values, .. } if values == &[1.5, 2.5, 3.0])
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -136,7 +146,11 @@ fn validation_names_every_bad_key() {
             "devices[0].points[2].file",
         ]
     );
-    assert!(problems[4].message.contains("no-such-file.txt"), "{:?}", problems[4]);
+    assert!(
+        problems[4].message.contains("no-such-file.txt"),
+        "{:?}",
+        problems[4]
+    );
 }
 
 #[tokio::test]

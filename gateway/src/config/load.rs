@@ -152,7 +152,11 @@ impl Collector {
             .iter()
             .find(|(k, _)| key.starts_with(k))
             .map(|(_, v)| v.clone());
-        let line = if env_var.is_some() { None } else { self.lines.line_of(&key) };
+        let line = if env_var.is_some() {
+            None
+        } else {
+            self.lines.line_of(&key)
+        };
         self.errors.push(ConfigError {
             file: self.file.clone(),
             line,
@@ -177,7 +181,8 @@ impl Collector {
                 match seg {
                     serde_path_to_error::Segment::Seq { index } => path.0.push(Seg::Index(*index)),
                     serde_path_to_error::Segment::Map { key } => path.0.push(Seg::Key(key.clone())),
-                    serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
+                    serde_path_to_error::Segment::Enum { .. }
+                    | serde_path_to_error::Segment::Unknown => {}
                 }
             }
             let inner = err.into_inner();
@@ -225,14 +230,21 @@ fn unknown_key_message(name: &str, expected: &[&str]) -> String {
     match close {
         Some((_, e)) => format!("unknown key `{name}`; did you mean `{e}`?"),
         None if expected.is_empty() => format!("unknown key `{name}`; this section takes no keys"),
-        None => format!("unknown key `{name}`; expected one of: {}", expected.join(", ")),
+        None => format!(
+            "unknown key `{name}`; expected one of: {}",
+            expected.join(", ")
+        ),
     }
 }
 
 fn kind_message(kind: &Kind) -> String {
     match kind {
-        Kind::InvalidType(actual, expected) => format!("expected {}, found {actual}", human_type(expected)),
-        Kind::InvalidValue(actual, expected) => format!("invalid value {actual}; expected {expected}"),
+        Kind::InvalidType(actual, expected) => {
+            format!("expected {}, found {actual}", human_type(expected))
+        }
+        Kind::InvalidValue(actual, expected) => {
+            format!("invalid value {actual}; expected {expected}")
+        }
         Kind::UnknownVariant(v, expected) => {
             format!("unknown value `{v}`; expected one of: {}", quoted(expected))
         }
@@ -254,7 +266,11 @@ fn human_type(expected: &str) -> &str {
 }
 
 fn quoted(items: &[&str]) -> String {
-    items.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Levenshtein distance, for "did you mean".
@@ -264,7 +280,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -358,7 +376,12 @@ impl Locator {
             }
         }
         let start = span?.start;
-        Some(self.source[..start.min(self.source.len())].matches('\n').count() + 1)
+        Some(
+            self.source[..start.min(self.source.len())]
+                .matches('\n')
+                .count()
+                + 1,
+        )
     }
 }
 
@@ -381,7 +404,11 @@ const ENV_RESERVED: &[&str] = &["FIELDGATE_CONFIG", "FIELDGATE_LOG_FORMAT"];
 /// Reads `file` (or the given text, for tests and templates) and applies `FIELDGATE_*`
 /// overrides from `env`. Fails only when the file cannot be read or parsed; everything else
 /// is reported through the collector.
-pub fn load(file: &Path, text: Option<String>, env: &[(String, String)]) -> Result<Loaded, ConfigErrors> {
+pub fn load(
+    file: &Path,
+    text: Option<String>,
+    env: &[(String, String)],
+) -> Result<Loaded, ConfigErrors> {
     let fail = |line: Option<usize>, message: String| {
         ConfigErrors(vec![ConfigError {
             file: Some(file.to_path_buf()),
@@ -393,7 +420,8 @@ pub fn load(file: &Path, text: Option<String>, env: &[(String, String)]) -> Resu
     };
     let source = match text {
         Some(t) => t,
-        None => std::fs::read_to_string(file).map_err(|e| fail(None, format!("cannot read the config file: {e}")))?,
+        None => std::fs::read_to_string(file)
+            .map_err(|e| fail(None, format!("cannot read the config file: {e}")))?,
     };
     let figment = Figment::from(Toml::string(&source));
     let mut value: Value = match figment.extract::<Value>() {
@@ -404,14 +432,17 @@ pub fn load(file: &Path, text: Option<String>, env: &[(String, String)]) -> Resu
                 .as_ref()
                 .and_then(toml_edit::TomlError::span)
                 .map(|s| source[..s.start.min(source.len())].matches('\n').count() + 1);
-            let why = parsed.map_or_else(|| e.kind.to_string(), |te| te.message().trim().to_string());
+            let why =
+                parsed.map_or_else(|| e.kind.to_string(), |te| te.message().trim().to_string());
             return Err(fail(line, format!("not valid TOML: {why}")));
         }
     };
     let mut env_keys = Vec::new();
     let mut env_errors = Vec::new();
     for (name, raw) in env {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
         if ENV_RESERVED.contains(&name.as_str()) || rest.is_empty() {
             continue;
         }
@@ -445,7 +476,11 @@ pub fn load(file: &Path, text: Option<String>, env: &[(String, String)]) -> Resu
     for (path, _, msg) in env_errors {
         collector.push(path, msg);
     }
-    Ok(Loaded { value, collector, base_dir })
+    Ok(Loaded {
+        value,
+        collector,
+        base_dir,
+    })
 }
 
 /// Sets `path` in `value` to `new`, creating tables on the way. Array entries must exist.
@@ -461,11 +496,15 @@ fn set(value: &mut Value, path: &[Seg], new: Value) -> Result<(), String> {
                 .or_insert_with(|| Value::from(BTreeMap::<String, Value>::new())),
             (Seg::Index(i), Value::Array(_, items)) => {
                 let len = items.len();
-                items
-                    .get_mut(*i)
-                    .ok_or_else(|| format!("there is no entry {i} to override (the file has {len})"))?
+                items.get_mut(*i).ok_or_else(|| {
+                    format!("there is no entry {i} to override (the file has {len})")
+                })?
             }
-            (seg, _) => return Err(format!("cannot override inside a value that is not a table or array (at {seg:?})")),
+            (seg, _) => {
+                return Err(format!(
+                    "cannot override inside a value that is not a table or array (at {seg:?})"
+                ))
+            }
         };
     }
     match (last, cur) {

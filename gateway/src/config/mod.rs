@@ -148,7 +148,10 @@ pub struct QueueSection {
     #[serde(default = "default_commit_batch")]
     pub batch_size: usize,
     /// Longest a reading waits in memory before it is committed. Default `"200ms"`.
-    #[serde(default = "default_flush_interval", with = "fieldgate_adapter::duration")]
+    #[serde(
+        default = "default_flush_interval",
+        with = "fieldgate_adapter::duration"
+    )]
     pub flush_interval: Duration,
     /// Readings that may wait between adapters and the queue writer. Default 10000.
     #[serde(default = "default_channel_capacity")]
@@ -338,11 +341,19 @@ impl Config {
     }
 
     /// Loads and validates TOML `text` as if it were the contents of `file`.
-    pub fn from_toml(file: &Path, text: &str, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
+    pub fn from_toml(
+        file: &Path,
+        text: &str,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigErrors> {
         Self::build(file, Some(text.to_string()), env)
     }
 
-    fn build(file: &Path, text: Option<String>, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
+    fn build(
+        file: &Path,
+        text: Option<String>,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigErrors> {
         let loaded = load::load(file, text, env)?;
         let mut c = loaded.collector;
         let base_dir = loaded.base_dir;
@@ -376,7 +387,10 @@ impl Config {
         }
         if let Some(l) = &log {
             if let Err(e) = tracing_subscriber::EnvFilter::try_new(&l.level) {
-                c.push(root.key("log").key("level"), format!("not a valid log filter ({e}); try \"info\" or \"debug\""));
+                c.push(
+                    root.key("log").key("level"),
+                    format!("not a valid log filter ({e}); try \"info\" or \"debug\""),
+                );
             }
         }
         if let Some(q) = &queue {
@@ -392,7 +406,8 @@ impl Config {
         check_unique(&mut c, "uplinks", raw.uplinks.iter().map(entry_id));
         let adapter_ids: HashSet<&str> = raw.adapters.iter().filter_map(|v| entry_id(v)).collect();
         for (i, entry) in raw.uplinks.iter().enumerate() {
-            let Some(Value::Array(_, wanted)) = entry.as_dict().and_then(|d| d.get("adapters")) else {
+            let Some(Value::Array(_, wanted)) = entry.as_dict().and_then(|d| d.get("adapters"))
+            else {
                 continue;
             };
             for (j, w) in wanted.iter().enumerate() {
@@ -400,7 +415,10 @@ impl Config {
                     if !adapter_ids.contains(name) {
                         c.push(
                             root.key("uplinks").index(i).key("adapters").index(j),
-                            format!("no adapter has id `{name}`; known: {}", join_sorted(&adapter_ids)),
+                            format!(
+                                "no adapter has id `{name}`; known: {}",
+                                join_sorted(&adapter_ids)
+                            ),
                         );
                     }
                 }
@@ -459,7 +477,11 @@ fn join_sorted(ids: &HashSet<&str>) -> String {
     }
 }
 
-fn section<T: serde::de::DeserializeOwned + Default>(c: &mut Collector, v: Option<&Value>, name: &str) -> Option<T> {
+fn section<T: serde::de::DeserializeOwned + Default>(
+    c: &mut Collector,
+    v: Option<&Value>,
+    name: &str,
+) -> Option<T> {
     match v {
         None => Some(T::default()),
         Some(v) => c.extract(v, &KeyPath::default().key(name)),
@@ -467,7 +489,9 @@ fn section<T: serde::de::DeserializeOwned + Default>(c: &mut Collector, v: Optio
 }
 
 fn entry_id(v: &Value) -> Option<&str> {
-    v.as_dict().and_then(|d| d.get("id")).and_then(Value::as_str)
+    v.as_dict()
+        .and_then(|d| d.get("id"))
+        .and_then(Value::as_str)
 }
 
 fn check_unique<'a>(c: &mut Collector, list: &str, ids: impl Iterator<Item = Option<&'a str>>) {
@@ -487,7 +511,10 @@ fn check_unique<'a>(c: &mut Collector, list: &str, ids: impl Iterator<Item = Opt
 fn validate_id(c: &mut Collector, at: &KeyPath, id: &str) {
     if id.is_empty() {
         c.push(at.clone(), "must not be empty");
-    } else if !id.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.')) {
+    } else if !id
+        .chars()
+        .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
+    {
         c.push(at.clone(), format!("`{id}` may only hold letters, digits, `-`, `_` and `.` (it ends up in topics and file names)"));
     }
 }
@@ -496,20 +523,35 @@ fn validate_queue(c: &mut Collector, q: &QueueSection) {
     let at = KeyPath::default().key("queue");
     if let Some(max) = q.max_bytes {
         if max.0 < 1_000_000 {
-            c.push(at.key("max_bytes"), format!("{max} is too small; the queue needs at least 1MB"));
+            c.push(
+                at.key("max_bytes"),
+                format!("{max} is too small; the queue needs at least 1MB"),
+            );
         }
     }
     if q.max_age.is_some_and(|d| d.is_zero()) {
-        c.push(at.key("max_age"), "must be greater than zero (leave it out for no age limit)");
+        c.push(
+            at.key("max_age"),
+            "must be greater than zero (leave it out for no age limit)",
+        );
     }
     if q.batch_size == 0 || q.batch_size > 100_000 {
-        c.push(at.key("batch_size"), format!("must be between 1 and 100000, not {}", q.batch_size));
+        c.push(
+            at.key("batch_size"),
+            format!("must be between 1 and 100000, not {}", q.batch_size),
+        );
     }
     if q.flush_interval.is_zero() || q.flush_interval > Duration::from_secs(60) {
-        c.push(at.key("flush_interval"), "must be greater than zero and at most 60s, like \"200ms\"");
+        c.push(
+            at.key("flush_interval"),
+            "must be greater than zero and at most 60s, like \"200ms\"",
+        );
     }
     if q.channel_capacity == 0 || q.channel_capacity > 10_000_000 {
-        c.push(at.key("channel_capacity"), format!("must be between 1 and 10000000, not {}", q.channel_capacity));
+        c.push(
+            at.key("channel_capacity"),
+            format!("must be between 1 and 10000000, not {}", q.channel_capacity),
+        );
     }
 }
 
@@ -523,7 +565,10 @@ fn split_entry(
     common_keys: &[&str],
 ) -> Option<(String, String, Value, Value)> {
     let Some(dict) = entry.as_dict() else {
-        c.push(at.clone(), format!("each [[{what}s]] entry must be a table"));
+        c.push(
+            at.clone(),
+            format!("each [[{what}s]] entry must be a table"),
+        );
         return None;
     };
     let id = match dict.get("id") {
@@ -538,7 +583,10 @@ fn split_entry(
             }
         },
         None => {
-            c.push(at.key("id"), format!("missing required key `id` (a unique name for this {what})"));
+            c.push(
+                at.key("id"),
+                format!("missing required key `id` (a unique name for this {what})"),
+            );
             None
         }
     };
@@ -547,7 +595,14 @@ fn split_entry(
         Some(Some(t)) => {
             c.push(
                 at.key("type"),
-                format!("unknown {what} type `{t}`; expected one of: {}", types.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ")),
+                format!(
+                    "unknown {what} type `{t}`; expected one of: {}",
+                    types
+                        .iter()
+                        .map(|t| format!("\"{t}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             );
             None
         }
@@ -556,7 +611,10 @@ fn split_entry(
             None
         }
         None => {
-            c.push(at.key("type"), format!("missing required key `type` (one of: {})", types.join(", ")));
+            c.push(
+                at.key("type"),
+                format!("missing required key `type` (one of: {})", types.join(", ")),
+            );
             None
         }
     };
@@ -595,7 +653,14 @@ fn adapter(c: &mut Collector, entry: &Value, at: &KeyPath, base: &Path) -> Optio
 }
 
 fn uplink(c: &mut Collector, entry: &Value, at: &KeyPath) -> Option<UplinkSection> {
-    let (id, ty, common, rest) = split_entry(c, entry, at, "uplink", UplinkConfig::TYPES, UPLINK_COMMON_KEYS)?;
+    let (id, ty, common, rest) = split_entry(
+        c,
+        entry,
+        at,
+        "uplink",
+        UplinkConfig::TYPES,
+        UPLINK_COMMON_KEYS,
+    )?;
     let common: Option<UplinkCommon> = c.extract(&common, at);
     let kind = match ty.as_str() {
         "file" => c.extract::<FileUplinkConfig>(&rest, at).and_then(|f| {
@@ -610,17 +675,25 @@ fn uplink(c: &mut Collector, entry: &Value, at: &KeyPath) -> Option<UplinkSectio
             }
             ok.then_some(UplinkConfig::File(f))
         }),
-        "console" => c.extract::<ConsoleUplinkConfig>(&rest, at).map(UplinkConfig::Console),
+        "console" => c
+            .extract::<ConsoleUplinkConfig>(&rest, at)
+            .map(UplinkConfig::Console),
         _ => None,
     };
     let common = common?;
     let mut ok = true;
     if common.batch_size == 0 || common.batch_size > 100_000 {
-        c.push(at.key("batch_size"), format!("must be between 1 and 100000, not {}", common.batch_size));
+        c.push(
+            at.key("batch_size"),
+            format!("must be between 1 and 100000, not {}", common.batch_size),
+        );
         ok = false;
     }
     if common.retry_min.is_zero() {
-        c.push(at.key("retry_min"), "must be greater than zero, like \"1s\"");
+        c.push(
+            at.key("retry_min"),
+            "must be greater than zero, like \"1s\"",
+        );
         ok = false;
     }
     if common.retry_max < common.retry_min {

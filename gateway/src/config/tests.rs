@@ -18,7 +18,9 @@ path = "out.jsonl"
 "#;
 
 fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
-    vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    vars.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// Loads `text` as `site.toml` and returns the error lines (empty if it is valid).
@@ -44,14 +46,17 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.queue.when_full, WhenFull::DropOldest);
     assert_eq!(c.uplinks[0].batch_size, 1000);
     assert_eq!(c.uplinks[0].retry_max, Duration::from_secs(60));
-    let UplinkConfig::File(f) = &c.uplinks[0].kind else { panic!("file uplink") };
+    let UplinkConfig::File(f) = &c.uplinks[0].kind else {
+        panic!("file uplink")
+    };
     assert_eq!(c.resolve(&f.path), Path::new("/etc/fieldgate/out.jsonl"));
     assert_eq!(c.adapters[0].kind.type_name(), "simulator");
 }
 
 #[test]
 fn template_is_valid() {
-    let c = Config::from_toml(Path::new("/etc/fieldgate/fieldgate.toml"), TEMPLATE, &[]).expect("template valid");
+    let c = Config::from_toml(Path::new("/etc/fieldgate/fieldgate.toml"), TEMPLATE, &[])
+        .expect("template valid");
     assert_eq!(c.gateway.id, "site-01");
     assert_eq!(c.adapters.len(), 1);
 }
@@ -128,7 +133,11 @@ adapters = ["sim", "nope"]
         "/etc/fieldgate/site.toml:29: uplinks[0].adapters[1]: no adapter has id `nope`; known: sim",
     ];
     for line in &expected {
-        assert!(got.contains(&line.to_string()), "missing:\n  {line}\ngot:\n  {}", got.join("\n  "));
+        assert!(
+            got.contains(&line.to_string()),
+            "missing:\n  {line}\ngot:\n  {}",
+            got.join("\n  ")
+        );
     }
     // queue.flush_interval is only range-checked once the section parses; the rest is all.
     assert_eq!(got.len(), expected.len(), "got:\n  {}", got.join("\n  "));
@@ -150,7 +159,9 @@ fn environment_overrides_and_blames_the_variable() {
     .expect("valid");
     assert_eq!(c.queue.max_bytes, Some(ByteSize(2_000_000_000)));
     assert_eq!(c.gateway.id, "tank-farm-3");
-    let UplinkConfig::File(f) = &c.uplinks[0].kind else { panic!("file uplink") };
+    let UplinkConfig::File(f) = &c.uplinks[0].kind else {
+        panic!("file uplink")
+    };
     assert_eq!(f.path, Path::new("/tmp/x.jsonl"));
 
     assert_eq!(
@@ -167,10 +178,16 @@ fn environment_overrides_and_blames_the_variable() {
 fn broken_toml_and_missing_files_are_one_clear_line() {
     let got = errors("[queue\nmax_bytes = 1", &[]);
     assert_eq!(got.len(), 1);
-    assert!(got[0].starts_with("/etc/fieldgate/site.toml:1: (top level): not valid TOML"), "{got:?}");
+    assert!(
+        got[0].starts_with("/etc/fieldgate/site.toml:1: (top level): not valid TOML"),
+        "{got:?}"
+    );
     let missing = Config::load(Path::new("/nonexistent/site.toml"), &[]).expect_err("missing");
     assert_eq!(missing.0.len(), 1);
-    assert!(missing.to_string().contains("cannot read the config file"), "{missing}");
+    assert!(
+        missing.to_string().contains("cannot read the config file"),
+        "{missing}"
+    );
 }
 
 #[test]
@@ -186,6 +203,9 @@ fn empty_config_says_what_is_missing() {
 
 #[test]
 fn key_paths_parse_and_print() {
-    let p = KeyPath::default().key("adapters").index(0).join_str("devices[1].points[2].interval");
+    let p = KeyPath::default()
+        .key("adapters")
+        .index(0)
+        .join_str("devices[1].points[2].interval");
     assert_eq!(p.to_string(), "adapters[0].devices[1].points[2].interval");
 }

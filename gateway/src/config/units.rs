@@ -15,11 +15,13 @@ impl ByteSize {
     /// Parses `"512MB"` and friends.
     pub fn parse(s: &str) -> Result<ByteSize, String> {
         let t = s.trim();
-        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let num: f64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a size; write it like \"512MB\", \"64KiB\" or \"2GB\""))?;
+        let num: f64 = num.parse().map_err(|_| {
+            format!("`{s}` is not a size; write it like \"512MB\", \"64KiB\" or \"2GB\"")
+        })?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" => 1_000,
@@ -36,7 +38,11 @@ impl ByteSize {
                 ))
             }
         };
-        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
         let bytes = (num * mult as f64).round() as u64;
         Ok(ByteSize(bytes))
     }
@@ -199,11 +205,26 @@ mod tests {
         let inline = parse(r#"{"p":"s3cret"}"#);
         let file = parse(r#"{"p":{"file":"pw"}}"#);
         let var = parse(r#"{"p":{"env":"PW"}}"#);
-        assert_eq!(inline.resolve(dir.path(), &env).expect("inline").expose(), "s3cret");
-        assert_eq!(file.resolve(dir.path(), &env).expect("file").expose(), "hunter2");
-        assert_eq!(var.resolve(dir.path(), &env).expect("env").expose(), "from-env");
-        assert!(parse(r#"{"p":{"env":"NOPE"}}"#).resolve(dir.path(), &env).is_err());
-        let shown = format!("{inline:?} {:?} {}", inline.resolve(dir.path(), &env).expect("ok"), Secret("x".into()));
+        assert_eq!(
+            inline.resolve(dir.path(), &env).expect("inline").expose(),
+            "s3cret"
+        );
+        assert_eq!(
+            file.resolve(dir.path(), &env).expect("file").expose(),
+            "hunter2"
+        );
+        assert_eq!(
+            var.resolve(dir.path(), &env).expect("env").expose(),
+            "from-env"
+        );
+        assert!(parse(r#"{"p":{"env":"NOPE"}}"#)
+            .resolve(dir.path(), &env)
+            .is_err());
+        let shown = format!(
+            "{inline:?} {:?} {}",
+            inline.resolve(dir.path(), &env).expect("ok"),
+            Secret("x".into())
+        );
         assert!(!shown.contains("s3cret") && !shown.contains('x'), "{shown}");
     }
 }

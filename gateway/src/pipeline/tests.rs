@@ -10,7 +10,11 @@ use crate::queue::{Inspector, Queued};
 use crate::uplink::SendError;
 
 fn config(dir: &Path, queue: &str) -> Config {
-    let queue = if queue.is_empty() { "flush_interval = \"10ms\"" } else { queue };
+    let queue = if queue.is_empty() {
+        "flush_interval = \"10ms\""
+    } else {
+        queue
+    };
     let text = format!(
         r#"
 [gateway]
@@ -64,13 +68,15 @@ fn reading(source: &str, i: i64) -> Reading {
 /// Emits `0..n` then waits for shutdown.
 fn counter_adapter(source: &'static str, n: i64) -> AdapterFactory {
     Box::new(move || {
-        Ok(Box::new(FnAdapter(move |mut ctx: AdapterContext| async move {
-            for i in 0..n {
-                ctx.readings.send(reading(source, i)).await?;
-            }
-            ctx.shutdown.fired().await;
-            Ok(())
-        })) as Box<dyn Adapter>)
+        Ok(
+            Box::new(FnAdapter(move |mut ctx: AdapterContext| async move {
+                for i in 0..n {
+                    ctx.readings.send(reading(source, i)).await?;
+                }
+                ctx.shutdown.fired().await;
+                Ok(())
+            })) as Box<dyn Adapter>,
+        )
     })
 }
 
@@ -91,7 +97,12 @@ impl Recorder {
     }
 
     fn seqs(&self) -> Vec<u64> {
-        self.delivered.lock().expect("lock").iter().map(|d| d.0).collect()
+        self.delivered
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|d| d.0)
+            .collect()
     }
 }
 
@@ -103,7 +114,11 @@ impl Uplink for Recorder {
                 result?;
             }
             let mut d = self.delivered.lock().expect("lock");
-            d.extend(batch.iter().map(|q| (q.seq, q.reading.source.to_string(), q.reading.value.clone())));
+            d.extend(
+                batch
+                    .iter()
+                    .map(|q| (q.seq, q.reading.source.to_string(), q.reading.value.clone())),
+            );
             Ok(())
         })
     }
@@ -142,7 +157,9 @@ async fn a_failing_or_panicking_adapter_is_restarted() {
         match n {
             0 => Err(AdapterError::Config("port not there yet".into())),
             1 => Ok(Box::new(FnAdapter(boom)) as Box<dyn Adapter>),
-            2 => Ok(Box::new(FnAdapter(|_ctx: AdapterContext| async { Err(AdapterError::Other("link lost".into())) }))),
+            2 => Ok(Box::new(FnAdapter(|_ctx: AdapterContext| async {
+                Err(AdapterError::Other("link lost".into()))
+            }))),
             _ => counter_adapter("flaky", 3)(),
         }
     });
@@ -154,7 +171,10 @@ async fn a_failing_or_panicking_adapter_is_restarted() {
     let running = start_with(&cfg, parts, fast()).await.expect("starts");
     wait_until("3 readings after 3 failures", || rec.seqs().len() == 3).await;
     assert_eq!(attempts.load(Ordering::SeqCst), 4);
-    assert!(running.commands("flaky").is_some(), "a running adapter has a command route");
+    assert!(
+        running.commands("flaky").is_some(),
+        "a running adapter has a command route"
+    );
     running.stop().await.expect("stops");
 }
 
@@ -166,12 +186,27 @@ async fn stop_commits_what_is_in_memory() {
     let parts = Parts {
         adapters: vec![("a".into(), counter_adapter("a", 5000))],
         // An uplink that never succeeds, so everything stays in the queue.
-        uplinks: vec![(uplink_opts("down"), Box::new(Recorder::with_script(vec![Err(SendError::Retry("down".into())); 1000])))],
+        uplinks: vec![(
+            uplink_opts("down"),
+            Box::new(Recorder::with_script(vec![
+                Err(SendError::Retry(
+                    "down".into()
+                ));
+                1000
+            ])),
+        )],
     };
     let running = start_with(&cfg, parts, fast()).await.expect("starts");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let report = running.stop().await.expect("stops");
-    assert_eq!(report, WriterReport { committed: 5000, refused: 0, lost: 0 });
+    assert_eq!(
+        report,
+        WriterReport {
+            committed: 5000,
+            refused: 0,
+            lost: 0
+        }
+    );
     let mut ins = Inspector::open(&cfg.queue_path()).expect("queue");
     let all = ins.peek(0, 10_000).expect("peek");
     let values: Vec<_> = all.iter().map(|q| q.reading.value.clone()).collect();
@@ -191,7 +226,10 @@ async fn retries_then_delivers_and_dead_letters_rejects() {
     only_b.adapters = Some(["b".to_string()].into());
     let filtered = Recorder::default();
     let parts = Parts {
-        adapters: vec![("a".into(), counter_adapter("a", 50)), ("b".into(), counter_adapter("b", 50))],
+        adapters: vec![
+            ("a".into(), counter_adapter("a", 50)),
+            ("b".into(), counter_adapter("b", 50)),
+        ],
         uplinks: vec![
             (uplink_opts("flaky"), Box::new(flaky.clone())),
             (uplink_opts("picky"), Box::new(picky.clone())),
@@ -207,14 +245,29 @@ async fn retries_then_delivers_and_dead_letters_rejects() {
         assert!(Instant::now() < deadline, "queue never drained");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(flaky.calls.load(Ordering::SeqCst) >= 3, "two retries before success");
+    assert!(
+        flaky.calls.load(Ordering::SeqCst) >= 3,
+        "two retries before success"
+    );
     let mut seqs = flaky.seqs();
     seqs.sort_unstable();
-    assert_eq!(seqs, (1..=100).collect::<Vec<_>>(), "each reading exactly once");
-    assert!(filtered.delivered.lock().expect("lock").iter().all(|d| d.1 == "b"));
+    assert_eq!(
+        seqs,
+        (1..=100).collect::<Vec<_>>(),
+        "each reading exactly once"
+    );
+    assert!(filtered
+        .delivered
+        .lock()
+        .expect("lock")
+        .iter()
+        .all(|d| d.1 == "b"));
     let s = queue.stats().await.expect("stats");
     let rejected = 100 - picky.seqs().len() as u64;
     assert!(rejected > 0);
-    assert_eq!(s.dead_letters, rejected, "the rejected batch is kept, not dropped");
+    assert_eq!(
+        s.dead_letters, rejected,
+        "the rejected batch is kept, not dropped"
+    );
     running.stop().await.expect("stops");
 }

@@ -46,7 +46,10 @@ impl QueueHandle {
 
     /// Appends a batch (one transaction) and wakes the forwarders. The readings come back
     /// with the result, so a failed batch can be retried and a buffer reused.
-    pub async fn append(&self, readings: Vec<Reading>) -> (Result<AppendOutcome, QueueError>, Vec<Reading>) {
+    pub async fn append(
+        &self,
+        readings: Vec<Reading>,
+    ) -> (Result<AppendOutcome, QueueError>, Vec<Reading>) {
         let inner = Arc::clone(&self.inner);
         let joined = tokio::task::spawn_blocking(move || {
             let result = match inner.lock() {
@@ -58,7 +61,11 @@ impl QueueHandle {
         .await;
         match joined {
             Ok((result, readings)) => {
-                if let Ok(AppendOutcome { seqs: Some((_, last)), .. }) = &result {
+                if let Ok(AppendOutcome {
+                    seqs: Some((_, last)),
+                    ..
+                }) = &result
+                {
                     self.committed.send_replace(*last);
                 }
                 (result, readings)
@@ -79,9 +86,15 @@ impl QueueHandle {
     }
 
     /// Moves rejected rows to the dead-letter table for `uplink`.
-    pub async fn dead_letter(&self, uplink: &str, seqs: Vec<u64>, error: String) -> Result<(), QueueError> {
+    pub async fn dead_letter(
+        &self,
+        uplink: &str,
+        seqs: Vec<u64>,
+        error: String,
+    ) -> Result<(), QueueError> {
         let uplink = uplink.to_string();
-        self.with(move |q| q.dead_letter(&uplink, &seqs, &error)).await
+        self.with(move |q| q.dead_letter(&uplink, &seqs, &error))
+            .await
     }
 
     /// Drops readings older than `max_age`.

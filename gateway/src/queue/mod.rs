@@ -277,7 +277,10 @@ impl Queue {
     pub fn open(path: &Path, opts: QueueOptions, uplinks: &[&str]) -> Result<Queue, QueueError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
-                QueueError::Incompatible(format!("cannot create queue directory {}: {e}", dir.display()))
+                QueueError::Incompatible(format!(
+                    "cannot create queue directory {}: {e}",
+                    dir.display()
+                ))
             })?;
         }
         let conn = Connection::open(path)?;
@@ -289,7 +292,8 @@ impl Queue {
                 path.display()
             )));
         }
-        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(QueueError::Incompatible(format!(
                 "{} cannot use WAL mode (got {mode}); is it on a network filesystem?",
@@ -306,8 +310,10 @@ impl Queue {
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
 
-        let next_seq: i64 = conn.query_row("SELECT next_seq FROM state WHERE id = 1", [], |r| r.get(0))?;
-        let max_seq: Option<i64> = conn.query_row("SELECT max(seq) FROM readings", [], |r| r.get(0))?;
+        let next_seq: i64 =
+            conn.query_row("SELECT next_seq FROM state WHERE id = 1", [], |r| r.get(0))?;
+        let max_seq: Option<i64> =
+            conn.query_row("SELECT max(seq) FROM readings", [], |r| r.get(0))?;
         let next_seq = u64::try_from(next_seq.max(max_seq.unwrap_or(0) + 1)).unwrap_or(1);
 
         let mut q = Queue {
@@ -323,7 +329,9 @@ impl Queue {
     }
 
     fn register_uplinks(&mut self, uplinks: &[&str]) -> Result<(), QueueError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let first: Option<i64> = tx.query_row("SELECT min(seq) FROM readings", [], |r| r.get(0))?;
         let start = first.map_or(self.next_seq, |f| f as u64).saturating_sub(1);
         let existing: Vec<(String, i64)> = tx
@@ -378,7 +386,11 @@ impl Queue {
     }
 
     /// [`Queue::append`] with an explicit clock, for tests.
-    pub fn append_at(&mut self, readings: &[Reading], now: SystemTime) -> Result<AppendOutcome, QueueError> {
+    pub fn append_at(
+        &mut self,
+        readings: &[Reading],
+        now: SystemTime,
+    ) -> Result<AppendOutcome, QueueError> {
         if readings.is_empty() {
             return Ok(AppendOutcome::default());
         }
@@ -390,9 +402,15 @@ impl Queue {
         result
     }
 
-    fn append_inner(&mut self, readings: &[Reading], now: SystemTime) -> Result<AppendOutcome, QueueError> {
+    fn append_inner(
+        &mut self,
+        readings: &[Reading],
+        now: SystemTime,
+    ) -> Result<AppendOutcome, QueueError> {
         let mut outcome = AppendOutcome::default();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         if let Some(max) = self.opts.max_bytes {
             let used = used_bytes(&tx)?;
             if used >= max {
@@ -400,13 +418,17 @@ impl Queue {
                     WhenFull::Block => return Err(QueueError::Full { used, max }),
                     WhenFull::DropNewest => {
                         let n = readings.len() as u64;
-                        tx.execute("UPDATE state SET dropped_newest = dropped_newest + ?1 WHERE id = 1", [n as i64])?;
+                        tx.execute(
+                            "UPDATE state SET dropped_newest = dropped_newest + ?1 WHERE id = 1",
+                            [n as i64],
+                        )?;
                         tx.commit()?;
                         outcome.dropped_newest = n;
                         return Ok(outcome);
                     }
                     WhenFull::DropOldest => {
-                        outcome.dropped_oldest = Self::drop_oldest(&tx, used, max, readings.len() as u64)?;
+                        outcome.dropped_oldest =
+                            Self::drop_oldest(&tx, used, max, readings.len() as u64)?;
                     }
                 }
             }
@@ -416,8 +438,7 @@ impl Queue {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO readings (seq, series, ts, kind, value, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
-            let mut seq = first;
-            for r in readings {
+            for (seq, r) in (first..).zip(readings) {
                 let series = self.series.id_for(&tx, r)?;
                 let (kind, value) = encode_value(&r.value);
                 let (q, reason) = match &r.quality {
@@ -433,7 +454,6 @@ impl Queue {
                     value,
                     reason
                 ])?;
-                seq += 1;
             }
         }
         let last = first + readings.len() as u64 - 1;
@@ -460,8 +480,15 @@ impl Queue {
         let n = (excess_rows + incoming).min(depth);
         let through = first + n - 1;
         let dropped = Self::delete_through(tx, through)?;
-        tx.execute("UPDATE state SET dropped_oldest = dropped_oldest + ?1 WHERE id = 1", [dropped as i64])?;
-        tracing::warn!(dropped, max_bytes = max, "queue full: dropped the oldest readings (when_full = \"drop_oldest\")");
+        tx.execute(
+            "UPDATE state SET dropped_oldest = dropped_oldest + ?1 WHERE id = 1",
+            [dropped as i64],
+        )?;
+        tracing::warn!(
+            dropped,
+            max_bytes = max,
+            "queue full: dropped the oldest readings (when_full = \"drop_oldest\")"
+        );
         Ok(dropped)
     }
 
@@ -483,7 +510,9 @@ impl Queue {
             return Ok(0);
         };
         let cutoff = millis(now.checked_sub(max_age).unwrap_or(UNIX_EPOCH));
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         // The first segment young enough to keep; everything before it goes.
         let keep_from: Option<i64> = tx
             .query_row(
@@ -499,7 +528,10 @@ impl Queue {
         };
         let dropped = Self::delete_through(&tx, through)?;
         if dropped > 0 {
-            tx.execute("UPDATE state SET dropped_age = dropped_age + ?1 WHERE id = 1", [dropped as i64])?;
+            tx.execute(
+                "UPDATE state SET dropped_age = dropped_age + ?1 WHERE id = 1",
+                [dropped as i64],
+            )?;
             tracing::warn!(dropped, max_age = %humantime::format_duration(max_age), "dropped readings older than queue.max_age");
         }
         tx.commit()?;
@@ -521,15 +553,21 @@ impl Queue {
     /// deleted. Returns the number of rows deleted. A watermark never moves backwards.
     pub fn ack(&mut self, uplink: &str, through: u64, delivered: u64) -> Result<u64, QueueError> {
         let Some(current) = self.watermarks.get(uplink).copied() else {
-            return Err(QueueError::Incompatible(format!("uplink `{uplink}` is not registered with the queue")));
+            return Err(QueueError::Incompatible(format!(
+                "uplink `{uplink}` is not registered with the queue"
+            )));
         };
         if through <= current {
             return Ok(0);
         }
         let through = through.min(self.next_seq - 1);
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.prepare_cached("UPDATE watermarks SET acked = ?1, delivered = delivered + ?2 WHERE uplink = ?3")?
-            .execute(params![through as i64, delivered as i64, uplink])?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.prepare_cached(
+            "UPDATE watermarks SET acked = ?1, delivered = delivered + ?2 WHERE uplink = ?3",
+        )?
+        .execute(params![through as i64, delivered as i64, uplink])?;
         let old_low = self.watermarks.values().min().copied().unwrap_or(0);
         let mut new_marks = self.watermarks.clone();
         new_marks.insert(uplink.to_string(), through);
@@ -547,8 +585,15 @@ impl Queue {
 
     /// Copies the given rows to the dead-letter table for `uplink`, with the reason it
     /// rejected them. The caller then acks them for that uplink.
-    pub fn dead_letter(&mut self, uplink: &str, seqs: &[u64], error: &str) -> Result<(), QueueError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    pub fn dead_letter(
+        &mut self,
+        uplink: &str,
+        seqs: &[u64],
+        error: &str,
+    ) -> Result<(), QueueError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = millis(SystemTime::now());
         let mut n = 0;
         {
@@ -560,7 +605,10 @@ impl Queue {
                 n += copy.execute(params![uplink, error, now, *seq as i64])?;
             }
         }
-        tx.execute("UPDATE state SET dead_letters = dead_letters + ?1 WHERE id = 1", [n as i64])?;
+        tx.execute(
+            "UPDATE state SET dead_letters = dead_letters + ?1 WHERE id = 1",
+            [n as i64],
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -572,7 +620,8 @@ impl Queue {
 
     /// Checkpoints the WAL into the database and closes it.
     pub fn close(self) -> Result<(), QueueError> {
-        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         self.conn.close().map_err(|(_, e)| QueueError::Sqlite(e))
     }
 }
@@ -595,7 +644,10 @@ impl Inspector {
                 path.display()
             )));
         }
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
         conn.busy_timeout(Duration::from_secs(5))?;
         Ok(Inspector {
             conn,
@@ -615,7 +667,12 @@ impl Inspector {
     }
 }
 
-fn peek(conn: &Connection, series: &mut SeriesCache, after: u64, limit: usize) -> Result<Vec<Queued>, QueueError> {
+fn peek(
+    conn: &Connection,
+    series: &mut SeriesCache,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<Queued>, QueueError> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, series, ts, kind, value, reason FROM readings WHERE seq > ?1 ORDER BY seq LIMIT ?2",
     )?;
@@ -659,9 +716,18 @@ fn peek(conn: &Connection, series: &mut SeriesCache, after: u64, limit: usize) -
 }
 
 fn seq_range(conn: &Connection) -> rusqlite::Result<(Option<u64>, Option<u64>)> {
-    conn.query_row("SELECT min(seq), max(seq) FROM readings", [], |r| {
-        Ok((r.get::<_, Option<i64>>(0)?.map(|v| v as u64), r.get::<_, Option<i64>>(1)?.map(|v| v as u64)))
-    })
+    // Two subqueries: SQLite answers a lone min() or max() of the rowid from the b-tree's
+    // edge, but `SELECT min(seq), max(seq)` together would scan the whole table.
+    conn.query_row(
+        "SELECT (SELECT min(seq) FROM readings), (SELECT max(seq) FROM readings)",
+        [],
+        |r| {
+            Ok((
+                r.get::<_, Option<i64>>(0)?.map(|v| v as u64),
+                r.get::<_, Option<i64>>(1)?.map(|v| v as u64),
+            ))
+        },
+    )
 }
 
 fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
@@ -739,7 +805,10 @@ fn file_bytes(path: &Path) -> u64 {
 
 fn encode_value(v: &Value) -> (i64, ToSqlOutput<'_>) {
     match v {
-        Value::Bool(b) => (K_BOOL, ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(*b)))),
+        Value::Bool(b) => (
+            K_BOOL,
+            ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(*b))),
+        ),
         Value::I64(i) => (K_INT, ToSqlOutput::Borrowed(ValueRef::Integer(*i))),
         // SQLite stores NaN as NULL; decode_value turns a NULL float back into NaN.
         Value::F64(f) => (K_FLOAT, ToSqlOutput::Borrowed(ValueRef::Real(*f))),

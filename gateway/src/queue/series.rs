@@ -86,8 +86,10 @@ impl SeriesCache {
         if let Some(id) = found {
             return Ok(id);
         }
-        conn.prepare_cached("INSERT INTO series (source, device, point, unit) VALUES (?1, ?2, ?3, ?4)")?
-            .execute(params![&*key.source, &*key.device, &*key.point, unit])?;
+        conn.prepare_cached(
+            "INSERT INTO series (source, device, point, unit) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![&*key.source, &*key.device, &*key.point, unit])?;
         Ok(conn.last_insert_rowid())
     }
 

@@ -2,7 +2,13 @@ use super::*;
 use proptest::prelude::*;
 
 fn reading(point: &str, value: Value) -> Reading {
-    Reading::new("sim", "dev", point, UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456), value)
+    Reading::new(
+        "sim",
+        "dev",
+        point,
+        UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
+        value,
+    )
 }
 
 fn open(dir: &Path, opts: QueueOptions, uplinks: &[&str]) -> Queue {
@@ -23,7 +29,13 @@ fn every_value_kind_and_quality_round_trips() {
         reading("f", Value::F64(-0.125)).with_unit("°C"),
         reading("t", Value::Text("héllo".into())).with_quality(Quality::Bad("exception 2".into())),
         reading("y", Value::Bytes(vec![0, 255, 7])).with_quality(Quality::Stale("timeout".into())),
-        Reading::new("a", "d", "p", UNIX_EPOCH - Duration::from_micros(5), Value::Bytes(vec![])),
+        Reading::new(
+            "a",
+            "d",
+            "p",
+            UNIX_EPOCH - Duration::from_micros(5),
+            Value::Bytes(vec![]),
+        ),
     ];
     let out = q.append(&input).expect("append");
     assert_eq!(out.seqs, Some((1, 6)));
@@ -37,7 +49,8 @@ fn every_value_kind_and_quality_round_trips() {
 fn nan_survives_storage() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut q = open(dir.path(), QueueOptions::default(), &["up"]);
-    q.append(&[reading("f", Value::F64(f64::NAN))]).expect("append");
+    q.append(&[reading("f", Value::F64(f64::NAN))])
+        .expect("append");
     let got = q.peek(0, 1).expect("peek");
     assert!(matches!(got[0].reading.value, Value::F64(f) if f.is_nan()));
 }
@@ -53,7 +66,11 @@ fn rows_leave_only_when_every_uplink_acked_them() {
     assert_eq!(q.ack("b", 4, 4).expect("ack b"), 4);
     let s = q.stats().expect("stats");
     assert_eq!((s.depth, s.first_seq, s.delivered), (6, Some(5), 4));
-    assert_eq!(q.ack("b", 2, 0).expect("stale ack"), 0, "watermarks never move back");
+    assert_eq!(
+        q.ack("b", 2, 0).expect("stale ack"),
+        0,
+        "watermarks never move back"
+    );
     assert_eq!(q.watermark("b"), Some(4));
     assert!(q.ack("nobody", 1, 1).is_err());
 }
@@ -63,7 +80,8 @@ fn sequence_ids_are_never_reused_after_the_queue_empties() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let mut q = open(dir.path(), QueueOptions::default(), &["up"]);
-        q.append(&[reading("p", Value::I64(1)), reading("p", Value::I64(2))]).expect("append");
+        q.append(&[reading("p", Value::I64(1)), reading("p", Value::I64(2))])
+            .expect("append");
         q.ack("up", 2, 2).expect("ack");
         assert_eq!(q.stats().expect("stats").depth, 0);
         q.close().expect("close");
@@ -78,7 +96,8 @@ fn a_new_uplink_gets_what_is_queued_and_a_removed_one_releases_rows() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let mut q = open(dir.path(), QueueOptions::default(), &["a", "b"]);
-        q.append(&[reading("p", Value::I64(1)), reading("p", Value::I64(2))]).expect("append");
+        q.append(&[reading("p", Value::I64(1)), reading("p", Value::I64(2))])
+            .expect("append");
         q.ack("a", 2, 2).expect("ack");
     }
     // "c" is new: it starts at the front of what is queued, so rows 1 and 2 wait for it.
@@ -93,8 +112,18 @@ fn a_new_uplink_gets_what_is_queued_and_a_removed_one_releases_rows() {
     // "b" is gone from the config: the rows only it held are released at once.
     let q = open(dir.path(), QueueOptions::default(), &["a", "c"]);
     let s = q.stats().expect("stats");
-    assert_eq!((s.depth, s.first_seq), (1, Some(3)), "a has not acked row 3");
-    assert_eq!(s.uplinks.iter().map(|u| u.uplink.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+    assert_eq!(
+        (s.depth, s.first_seq),
+        (1, Some(3)),
+        "a has not acked row 3"
+    );
+    assert_eq!(
+        s.uplinks
+            .iter()
+            .map(|u| u.uplink.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "c"]
+    );
 }
 
 fn fill(q: &mut Queue, batches: usize, per_batch: usize) -> Vec<AppendOutcome> {
@@ -127,9 +156,17 @@ fn drop_oldest_keeps_the_newest_under_the_cap_and_counts_drops() {
     let dropped: u64 = outcomes.iter().map(|o| o.dropped_oldest).sum();
     assert!(dropped > 0);
     assert_eq!(s.dropped_oldest, dropped);
-    assert_eq!(s.depth + dropped, 20_000, "every reading is either queued or counted as dropped");
+    assert_eq!(
+        s.depth + dropped,
+        20_000,
+        "every reading is either queued or counted as dropped"
+    );
     assert_eq!(s.last_seq, Some(20_000), "the newest survive");
-    assert!(s.used_bytes <= 256 * 1024 + 64 * 1024, "used {} bytes", s.used_bytes);
+    assert!(
+        s.used_bytes <= 256 * 1024 + 64 * 1024,
+        "used {} bytes",
+        s.used_bytes
+    );
 }
 
 #[test]
@@ -148,7 +185,11 @@ fn drop_newest_refuses_batches_and_keeps_the_oldest() {
     assert_eq!(s.dropped_newest, refused);
     assert_eq!(s.first_seq, Some(1), "the oldest survive");
     assert_eq!(s.depth + refused, 20_000);
-    assert_eq!(s.last_seq, Some(s.depth), "refused batches get no sequence ids");
+    assert_eq!(
+        s.last_seq,
+        Some(s.depth),
+        "refused batches get no sequence ids"
+    );
 }
 
 #[test]
@@ -160,7 +201,9 @@ fn block_refuses_until_an_uplink_makes_room() {
         ..QueueOptions::default()
     };
     let mut q = open(dir.path(), opts, &["up"]);
-    let big: Vec<_> = (0..100).map(|i| reading("p", Value::Text(format!("{i:0>64}")))).collect();
+    let big: Vec<_> = (0..100)
+        .map(|i| reading("p", Value::Text(format!("{i:0>64}"))))
+        .collect();
     let mut accepted = 0;
     loop {
         match q.append(&big) {
@@ -174,7 +217,10 @@ fn block_refuses_until_an_uplink_makes_room() {
         assert!(accepted < 100_000, "the cap must be reached");
     }
     let s = q.stats().expect("stats");
-    assert_eq!((s.depth, s.dropped_oldest, s.dropped_newest), (accepted, 0, 0));
+    assert_eq!(
+        (s.depth, s.dropped_oldest, s.dropped_newest),
+        (accepted, 0, 0)
+    );
     q.ack("up", accepted, accepted).expect("ack all");
     assert!(q.append(&big).expect("room again").seqs.is_some());
 }
@@ -188,8 +234,13 @@ fn max_age_drops_old_batches_only() {
     };
     let mut q = open(dir.path(), opts, &["up"]);
     let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-    q.append_at(&[reading("p", Value::I64(1)), reading("p", Value::I64(2))], t0).expect("old");
-    q.append_at(&[reading("p", Value::I64(3))], t0 + Duration::from_secs(50)).expect("young");
+    q.append_at(
+        &[reading("p", Value::I64(1)), reading("p", Value::I64(2))],
+        t0,
+    )
+    .expect("old");
+    q.append_at(&[reading("p", Value::I64(3))], t0 + Duration::from_secs(50))
+        .expect("young");
     assert_eq!(q.expire(t0 + Duration::from_secs(59)).expect("expire"), 0);
     assert_eq!(q.expire(t0 + Duration::from_secs(61)).expect("expire"), 2);
     let s = stats(&q.conn, &q.path, t0 + Duration::from_secs(70)).expect("stats");
@@ -203,14 +254,18 @@ fn max_age_drops_old_batches_only() {
 fn dead_letters_are_kept_and_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut q = open(dir.path(), QueueOptions::default(), &["up"]);
-    q.append(&[reading("p", Value::I64(1)), reading("p", Value::I64(2))]).expect("append");
-    q.dead_letter("up", &[2], "HTTP 400: bad payload").expect("dead letter");
+    q.append(&[reading("p", Value::I64(1)), reading("p", Value::I64(2))])
+        .expect("append");
+    q.dead_letter("up", &[2], "HTTP 400: bad payload")
+        .expect("dead letter");
     q.ack("up", 2, 1).expect("ack");
     let s = q.stats().expect("stats");
     assert_eq!((s.depth, s.dead_letters), (0, 1));
     let kept: (i64, String) = q
         .conn
-        .query_row("SELECT seq, error FROM dead_letters", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row("SELECT seq, error FROM dead_letters", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .expect("row");
     assert_eq!(kept, (2, "HTTP 400: bad payload".to_string()));
 }
@@ -222,7 +277,8 @@ fn inspector_reads_beside_a_writer() {
     q.append(&[reading("p", Value::I64(7))]).expect("append");
     let mut ins = Inspector::open(q.path()).expect("inspector");
     assert_eq!(ins.stats().expect("stats").depth, 1);
-    q.append(&[reading("p", Value::I64(8))]).expect("append while inspected");
+    q.append(&[reading("p", Value::I64(8))])
+        .expect("append while inspected");
     let got = ins.peek(0, 10).expect("peek");
     assert_eq!(seqs(&got), [1, 2]);
     assert!(Inspector::open(&dir.path().join("missing.db")).is_err());
@@ -269,7 +325,13 @@ fn reading_strategy() -> impl Strategy<Value = Reading> {
         0i64..4_000_000_000_000_000,
     )
         .prop_map(|(dev, point, value, q, unit, ts)| {
-            let mut r = Reading::new("sim", format!("d{dev}"), format!("p{point}"), from_micros(ts), value);
+            let mut r = Reading::new(
+                "sim",
+                format!("d{dev}"),
+                format!("p{point}"),
+                from_micros(ts),
+                value,
+            );
             r.unit = unit.map(Into::into);
             r.quality = match q {
                 0 => Quality::Good,
@@ -301,7 +363,12 @@ struct Model {
 
 impl Model {
     fn visible(&self, after: u64, limit: usize) -> Vec<(u64, Reading)> {
-        self.rows.iter().filter(|(s, _)| *s > after).take(limit).cloned().collect()
+        self.rows
+            .iter()
+            .filter(|(s, _)| *s > after)
+            .take(limit)
+            .cloned()
+            .collect()
     }
 }
 

@@ -46,12 +46,16 @@ impl FileUplink {
 }
 
 impl State {
-    fn write(&mut self, batch: &[Queued]) -> std::io::Result<()> {
+    fn render(&self, batch: &[Queued]) -> Vec<u8> {
         let mut buf = Vec::with_capacity(batch.len() * 200);
         for q in batch {
             payload::write_json(&mut buf, &self.gateway, q);
             buf.push(b'\n');
         }
+        buf
+    }
+
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
         if self.file.is_none() {
             self.open()?;
         }
@@ -62,7 +66,7 @@ impl State {
             Some(f) => f,
             None => return Err(std::io::Error::other("file uplink lost its file")),
         };
-        if let Err(e) = file.write_all(&buf).and_then(|()| file.sync_data()) {
+        if let Err(e) = file.write_all(buf).and_then(|()| file.sync_data()) {
             // A partial write may have happened; reopen so `size` is re-read from disk.
             self.file = None;
             return Err(e);
@@ -75,7 +79,10 @@ impl State {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
         self.size = file.metadata()?.len();
         self.file = Some(file);
         Ok(())
@@ -119,11 +126,14 @@ impl Uplink for FileUplink {
     fn send<'a>(&'a mut self, batch: &'a [Queued]) -> BoxFuture<'a, Result<(), SendError>> {
         Box::pin(async move {
             let Some(mut state) = self.state.take() else {
-                return Err(SendError::Retry("file uplink is busy after an earlier failure".into()));
+                // Only after a panic in the writer task, which lost the state.
+                return Err(SendError::Retry(
+                    "file uplink is busy after an earlier failure".into(),
+                ));
             };
-            let batch = batch.to_vec();
+            let buf = state.render(batch);
             let (state, result) = tokio::task::spawn_blocking(move || {
-                let result = state.write(&batch);
+                let result = state.write(&buf);
                 (state, result)
             })
             .await
@@ -154,7 +164,11 @@ mod tests {
         std::fs::read_to_string(path)
             .unwrap_or_default()
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json line")["seq"].as_u64().expect("seq"))
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).expect("json line")["seq"]
+                    .as_u64()
+                    .expect("seq")
+            })
             .collect()
     }
 
@@ -170,13 +184,19 @@ mod tests {
         let current = seqs_in(&path);
         let one = seqs_in(&dir.path().join("sub/out.jsonl.1"));
         let two = seqs_in(&dir.path().join("sub/out.jsonl.2"));
-        assert!(!dir.path().join("sub/out.jsonl.3").exists(), "max_files = 2");
+        assert!(
+            !dir.path().join("sub/out.jsonl.3").exists(),
+            "max_files = 2"
+        );
         // The newest readings are in the current file, older ones in .1, then .2, contiguous.
         let mut all = two.clone();
         all.extend(&one);
         all.extend(&current);
         assert_eq!(*all.last().expect("some"), 100);
-        assert!(all.windows(2).all(|w| w[1] == w[0] + 1), "contiguous: {all:?}");
+        assert!(
+            all.windows(2).all(|w| w[1] == w[0] + 1),
+            "contiguous: {all:?}"
+        );
         assert!(std::fs::metadata(&path).expect("current").len() <= 4096);
         assert!(!two.is_empty() && !one.is_empty());
     }
@@ -185,9 +205,20 @@ mod tests {
     async fn an_unwritable_path_is_a_retry_not_a_reject() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("blocker"), b"").expect("file");
-        let mut up = FileUplink::new(dir.path().join("blocker/out.jsonl"), 1 << 20, 1, "gw".into());
-        let err = up.send(&batch(1, 1)).await.expect_err("cannot create a dir under a file");
-        assert!(matches!(err, SendError::Retry(ref m) if m.contains("blocker")), "{err:?}");
+        let mut up = FileUplink::new(
+            dir.path().join("blocker/out.jsonl"),
+            1 << 20,
+            1,
+            "gw".into(),
+        );
+        let err = up
+            .send(&batch(1, 1))
+            .await
+            .expect_err("cannot create a dir under a file");
+        assert!(
+            matches!(err, SendError::Retry(ref m) if m.contains("blocker")),
+            "{err:?}"
+        );
         // And it keeps working once the path is fixed.
         std::fs::remove_file(dir.path().join("blocker")).expect("rm");
         up.send(&batch(1, 1)).await.expect("recovers");

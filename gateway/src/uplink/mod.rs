@@ -53,7 +53,9 @@ pub fn build(config: &Config, section: &UplinkSection) -> Box<dyn Uplink> {
             f.max_files,
             config.gateway.id.clone(),
         )),
-        UplinkConfig::Console(c) => Box::new(ConsoleUplink::new(c.format, config.gateway.id.clone())),
+        UplinkConfig::Console(c) => {
+            Box::new(ConsoleUplink::new(c.format, config.gateway.id.clone()))
+        }
     }
 }
 
@@ -126,7 +128,10 @@ pub async fn forwarder(
                     let last = items.last().map_or(cursor, |q| q.seq);
                     let batch: Vec<Queued> = match &opts.adapters {
                         None => items,
-                        Some(wanted) => items.into_iter().filter(|q| wanted.contains(q.reading.source.as_str())).collect(),
+                        Some(wanted) => items
+                            .into_iter()
+                            .filter(|q| wanted.contains(q.reading.source.as_str()))
+                            .collect(),
                     };
                     (batch, last)
                 }
@@ -138,7 +143,11 @@ pub async fn forwarder(
                 }
             },
         };
-        let result = if batch.is_empty() { Ok(()) } else { uplink.send(&batch).await };
+        let result = if batch.is_empty() {
+            Ok(())
+        } else {
+            uplink.send(&batch).await
+        };
         match result {
             Ok(()) => {
                 if let Err(e) = queue.ack(id, last, batch.len() as u64).await {
