@@ -307,6 +307,9 @@ impl Queue {
         conn.pragma_update(None, "synchronous", sync)?;
         // Keep the WAL from growing past a few MB after a checkpoint (SD card space).
         conn.pragma_update(None, "journal_size_limit", 8 * 1024 * 1024)?;
+        // The working set is the tail (appends, recent peeks) and the head (deletes): 1 MiB of
+        // page cache holds it; SQLite's default of 2 MiB only costs resident memory.
+        conn.pragma_update(None, "cache_size", -1024)?;
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
 
