@@ -310,26 +310,13 @@ fn queue_command(cmd: QueueCommand, env: &[(String, String)]) -> anyhow::Result<
                     ),
                 },
             };
-            for q in ins.peek(after, limit)? {
-                if json {
-                    let mut line = Vec::new();
-                    payload::write_json(&mut line, &config.gateway.id, &q);
-                    println!("{}", String::from_utf8_lossy(&line));
-                } else {
-                    let r = &q.reading;
-                    println!(
-                        "#{:<8} {}  {}/{}/{} = {}{} [{}]",
-                        q.seq,
-                        payload::rfc3339(r.ts),
-                        r.source,
-                        r.device,
-                        r.point,
-                        r.value,
-                        r.unit.as_ref().map(|u| format!(" {u}")).unwrap_or_default(),
-                        r.quality.as_str()
-                    );
-                }
-            }
+            let format = if json {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            };
+            let text = payload::render_lines(format, &config.gateway.id, &ins.peek(after, limit)?);
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &text)?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use fieldgate_adapter::{Quality, Value};
 use serde::ser::{SerializeMap, Serializer};
 
+use crate::config::LogFormat;
 use crate::queue::Queued;
 
 /// The payload format version written in `"v"`.
@@ -54,6 +55,43 @@ pub fn write_json(out: &mut Vec<u8>, gateway: &str, q: &Queued) {
         result.is_ok(),
         "serializing to memory cannot fail: {result:?}"
     );
+}
+
+/// Appends `q` as one line for people (no newline):
+/// `#42       2026-11-21T06:00:00.123456Z  sim/pump-1/temperature = 21.5 °C [stale: timeout]`.
+pub fn write_text(out: &mut Vec<u8>, q: &Queued) {
+    use std::io::Write;
+    let r = &q.reading;
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "#{:<8} {}  {}/{}/{} = {}",
+        q.seq,
+        rfc3339(r.ts),
+        r.source,
+        r.device,
+        r.point,
+        r.value
+    );
+    if let Some(u) = &r.unit {
+        let _ = write!(out, " {u}");
+    }
+    if let Some(why) = r.quality.reason() {
+        let _ = write!(out, " [{}: {why}]", r.quality.as_str());
+    }
+}
+
+/// Readings as lines of text or JSON, each ending in a newline.
+pub fn render_lines(format: LogFormat, gateway: &str, items: &[Queued]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(items.len() * 160);
+    for q in items {
+        match format {
+            LogFormat::Text => write_text(&mut out, q),
+            LogFormat::Json => write_json(&mut out, gateway, q),
+        }
+        out.push(b'\n');
+    }
+    out
 }
 
 /// `2026-11-21T06:00:00.123456Z`.
@@ -130,6 +168,32 @@ mod tests {
             "dGVzdA=="
         );
         assert_eq!(json(Value::Bool(true), Quality::Good)["type"], "bool");
+    }
+
+    #[test]
+    fn text_lines_for_people() {
+        let q = |quality| Queued {
+            seq: 42,
+            reading: Reading::new(
+                "sim",
+                "pump-1",
+                "t",
+                UNIX_EPOCH + Duration::from_secs(1_763_704_800),
+                Value::F64(21.5),
+            )
+            .with_unit("°C")
+            .with_quality(quality),
+        };
+        let out = render_lines(
+            LogFormat::Text,
+            "gw",
+            &[q(Quality::Good), q(Quality::Stale("timeout".into()))],
+        );
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "#42       2025-11-21T06:00:00.000000Z  sim/pump-1/t = 21.5 °C\n\
+             #42       2025-11-21T06:00:00.000000Z  sim/pump-1/t = 21.5 °C [stale: timeout]\n"
+        );
     }
 
     #[test]

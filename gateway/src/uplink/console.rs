@@ -21,44 +21,12 @@ impl ConsoleUplink {
     pub fn new(format: LogFormat, gateway: String) -> Self {
         ConsoleUplink { format, gateway }
     }
-
-    /// The text for a batch.
-    pub fn render(&self, batch: &[Queued]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(batch.len() * 96);
-        for q in batch {
-            match self.format {
-                LogFormat::Json => payload::write_json(&mut out, &self.gateway, q),
-                LogFormat::Text => {
-                    let r = &q.reading;
-                    let unit = r.unit.as_ref().map(|u| format!(" {u}")).unwrap_or_default();
-                    let quality = match r.quality.reason() {
-                        Some(why) => format!(" [{}: {why}]", r.quality.as_str()),
-                        None => String::new(),
-                    };
-                    let _ = write!(
-                        out,
-                        "#{:<8} {}  {}/{}/{} = {}{}{}",
-                        q.seq,
-                        payload::rfc3339(r.ts),
-                        r.source,
-                        r.device,
-                        r.point,
-                        r.value,
-                        unit,
-                        quality
-                    );
-                }
-            }
-            out.push(b'\n');
-        }
-        out
-    }
 }
 
 impl Uplink for ConsoleUplink {
     fn send<'a>(&'a mut self, batch: &'a [Queued]) -> BoxFuture<'a, Result<(), SendError>> {
         Box::pin(async move {
-            let text = self.render(batch);
+            let text = payload::render_lines(self.format, &self.gateway, batch);
             let mut stdout = std::io::stdout().lock();
             stdout
                 .write_all(&text)
