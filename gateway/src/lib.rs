@@ -10,6 +10,7 @@
 
 pub mod backoff;
 pub mod bench;
+pub mod broker;
 pub mod config;
 pub mod demo;
 pub mod payload;

@@ -20,28 +20,34 @@ pub const VERSION: u32 = 1;
 
 /// Appends `q` as one JSON object (no newline) to `out`.
 pub fn write_json(out: &mut Vec<u8>, gateway: &str, q: &Queued) {
+    write_object(out, q, Some(gateway));
+}
+
+/// Appends `q` as a JSON object inside a batch envelope that already names the gateway,
+/// adapter and device: `{"seq":..,"point":..,"ts":..,"type":..,"value":..,...}`.
+pub fn write_batch_item(out: &mut Vec<u8>, q: &Queued) {
+    write_object(out, q, None);
+}
+
+fn write_object(out: &mut Vec<u8>, q: &Queued, header: Option<&str>) {
     let r = &q.reading;
     let mut ser = serde_json::Serializer::new(&mut *out);
     // Writing into a Vec cannot fail, and every field is a plain string or number.
     let result: Result<(), serde_json::Error> = (|| {
         let mut m = ser.serialize_map(None)?;
-        m.serialize_entry("v", &VERSION)?;
-        m.serialize_entry("gateway", gateway)?;
+        if let Some(gateway) = header {
+            m.serialize_entry("v", &VERSION)?;
+            m.serialize_entry("gateway", gateway)?;
+        }
         m.serialize_entry("seq", &q.seq)?;
-        m.serialize_entry("adapter", r.source.as_str())?;
-        m.serialize_entry("device", r.device.as_str())?;
+        if header.is_some() {
+            m.serialize_entry("adapter", r.source.as_str())?;
+            m.serialize_entry("device", r.device.as_str())?;
+        }
         m.serialize_entry("point", r.point.as_str())?;
         m.serialize_entry("ts", &rfc3339(r.ts))?;
         m.serialize_entry("type", r.value.type_name())?;
-        match &r.value {
-            Value::Bool(b) => m.serialize_entry("value", b)?,
-            Value::I64(i) => m.serialize_entry("value", i)?,
-            // JSON has no NaN or infinity: those become null.
-            Value::F64(f) if f.is_finite() => m.serialize_entry("value", f)?,
-            Value::F64(_) => m.serialize_entry("value", &())?,
-            Value::Text(s) => m.serialize_entry("value", s)?,
-            Value::Bytes(b) => m.serialize_entry("value", &base64(b))?,
-        }
+        m.serialize_entry("value", &JsonValue(&r.value))?;
         if let Some(u) = &r.unit {
             m.serialize_entry("unit", u.as_str())?;
         }
@@ -55,6 +61,37 @@ pub fn write_json(out: &mut Vec<u8>, gateway: &str, q: &Queued) {
         result.is_ok(),
         "serializing to memory cannot fail: {result:?}"
     );
+}
+
+/// A reading's value as JSON: booleans, integers and finite floats as themselves, NaN and
+/// infinities as `null` (JSON has neither), text as a string, bytes as base64.
+#[derive(Debug)]
+pub struct JsonValue<'a>(pub &'a Value);
+
+impl serde::Serialize for JsonValue<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::I64(i) => s.serialize_i64(*i),
+            Value::F64(f) if f.is_finite() => s.serialize_f64(*f),
+            Value::F64(_) => s.serialize_unit(),
+            Value::Text(t) => s.serialize_str(t),
+            Value::Bytes(b) => s.serialize_str(&base64(b)),
+        }
+    }
+}
+
+/// A value as bare text, for one-value-per-topic dashboards: `21.5`, `true`, `open`;
+/// bytes as base64, a non-finite float as `nan`/`inf`/`-inf`.
+pub fn plain_value(v: &Value) -> String {
+    match v {
+        Value::Bool(b) => b.to_string(),
+        Value::I64(i) => i.to_string(),
+        Value::F64(f) if f.is_nan() => "nan".into(),
+        Value::F64(f) => f.to_string(),
+        Value::Text(t) => t.clone(),
+        Value::Bytes(b) => base64(b),
+    }
 }
 
 /// Appends `q` as one line for people (no newline):

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use fieldgate_adapter::BoxFuture;
 
-use super::{SendError, Uplink};
+use super::{Delivery, SendError, Uplink};
 use crate::payload;
 use crate::queue::Queued;
 
@@ -123,7 +123,7 @@ fn rename_if_exists(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 impl Uplink for FileUplink {
-    fn send<'a>(&'a mut self, batch: &'a [Queued]) -> BoxFuture<'a, Result<(), SendError>> {
+    fn send<'a>(&'a mut self, batch: &'a [Queued]) -> BoxFuture<'a, Result<Delivery, SendError>> {
         Box::pin(async move {
             let Some(mut state) = self.state.take() else {
                 // Only after a panic in the writer task, which lost the state.
@@ -140,7 +140,9 @@ impl Uplink for FileUplink {
             .map_err(|e| SendError::Retry(format!("file writer task failed: {e}")))?;
             let path = state.path.display().to_string();
             self.state = Some(state);
-            result.map_err(|e| SendError::Retry(format!("cannot write {path}: {e}")))
+            result
+                .map(|()| Delivery::all())
+                .map_err(|e| SendError::Retry(format!("cannot write {path}: {e}")))
         })
     }
 }

@@ -38,10 +38,27 @@ pub enum SendError {
     Reject(String),
 }
 
+/// What a successful [`Uplink::send`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// Readings of the batch the uplink refused for good, by sequence id, with the reason
+    /// (a reading too large for the broker, say). They go to the dead-letter table; every
+    /// other reading of the batch was delivered.
+    pub rejected: Vec<(u64, String)>,
+}
+
+impl Delivery {
+    /// Everything was delivered.
+    pub fn all() -> Delivery {
+        Delivery::default()
+    }
+}
+
 /// A northbound destination.
 pub trait Uplink: Send + 'static {
-    /// Delivers `batch` (oldest first). Returns `Ok` only once the far side has it durably.
-    fn send<'a>(&'a mut self, batch: &'a [Queued]) -> BoxFuture<'a, Result<(), SendError>>;
+    /// Delivers `batch` (oldest first). Returns `Ok` only once the far side has durably every
+    /// reading not listed in [`Delivery::rejected`].
+    fn send<'a>(&'a mut self, batch: &'a [Queued]) -> BoxFuture<'a, Result<Delivery, SendError>>;
 }
 
 /// Builds the uplink a config section describes.
@@ -144,13 +161,21 @@ pub async fn forwarder(
             },
         };
         let result = if batch.is_empty() {
-            Ok(())
+            Ok(Delivery::all())
         } else {
             uplink.send(&batch).await
         };
         match result {
-            Ok(()) => {
-                if let Err(e) = queue.ack(id, last, batch.len() as u64).await {
+            Ok(delivery) => {
+                if !delivery.rejected.is_empty()
+                    && !dead_letter_some(&queue, id, &delivery.rejected).await
+                {
+                    pending = Some((batch, last));
+                    sleep_or_shutdown(backoff.next_delay(), &mut shutdown).await;
+                    continue;
+                }
+                let delivered = (batch.len() - delivery.rejected.len()) as u64;
+                if let Err(e) = queue.ack(id, last, delivered).await {
                     // Not acknowledged: the batch will be sent again (at-least-once).
                     tracing::error!(uplink = %id, error = %e, "delivered but could not record it; it will be sent again");
                     sleep_or_shutdown(backoff.next_delay(), &mut shutdown).await;
@@ -189,6 +214,18 @@ pub async fn forwarder(
         }
     }
     tracing::info!(uplink = %id, through_seq = cursor, "forwarder stopped");
+}
+
+/// Dead-letters the readings an uplink refused one by one; false if that failed.
+async fn dead_letter_some(queue: &QueueHandle, id: &str, rejected: &[(u64, String)]) -> bool {
+    for (seq, why) in rejected {
+        tracing::error!(uplink = %id, seq, error = %why, "uplink refused a reading; moved to dead letters");
+        if let Err(e) = queue.dead_letter(id, vec![*seq], why.clone()).await {
+            tracing::error!(uplink = %id, error = %e, "could not store a dead letter; will retry the batch");
+            return false;
+        }
+    }
+    true
 }
 
 async fn sleep_or_shutdown(delay: Duration, shutdown: &mut Shutdown) {
