@@ -31,6 +31,8 @@ pub struct BrokerOptions {
     pub credentials: Option<(String, String)>,
     /// Largest packet accepted, in bytes.
     pub max_packet_size: usize,
+    /// Keep every PUBLISH received, for [`Broker::recorded`] (tests).
+    pub record: bool,
 }
 
 impl Default for BrokerOptions {
@@ -38,6 +40,7 @@ impl Default for BrokerOptions {
         BrokerOptions {
             credentials: None,
             max_packet_size: 1 << 20,
+            record: false,
         }
     }
 }
@@ -58,6 +61,8 @@ pub struct Stats {
     pub published: AtomicU64,
     /// Connections accepted.
     pub connections: AtomicU64,
+    /// Every PUBLISH received (topic, payload), when recording.
+    pub recorded: Mutex<Vec<(String, Bytes)>>,
 }
 
 type Outbox = mpsc::UnboundedSender<Bytes>;
@@ -105,6 +110,15 @@ impl Broker {
     /// Its counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// The PUBLISH packets received so far (with `record = true`).
+    pub fn recorded(&self) -> Vec<(String, Bytes)> {
+        self.stats
+            .recorded
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     /// Stops listening and drops every connection at once (as a crash would: clients see
@@ -255,6 +269,11 @@ async fn connection(
                 }
                 Packet::Publish(p) => {
                     stats.published.fetch_add(1, Ordering::Relaxed);
+                    if opts.record {
+                        if let Ok(mut r) = stats.recorded.lock() {
+                            r.push((p.topic.clone(), p.payload.clone()));
+                        }
+                    }
                     route(&router, &p, max);
                     if p.qos != QoS::AtMostOnce {
                         if let Some(b) = encode(&Packet::PubAck(PubAck::new(p.pkid)), max) {

@@ -34,6 +34,7 @@ pub use load::{ConfigError, ConfigErrors, KeyPath, Seg, ENV_PREFIX};
 pub use units::{ByteSize, Secret, SecretSource};
 
 use crate::queue::{Durability, QueueOptions, WhenFull};
+use crate::uplink::mqtt::{MqttSettings, MqttUplinkConfig};
 use load::Collector;
 
 /// The commented template printed by `fieldgate config template`.
@@ -270,17 +271,20 @@ pub enum UplinkConfig {
     File(FileUplinkConfig),
     /// `type = "console"`: one line per reading on standard output.
     Console(ConsoleUplinkConfig),
+    /// `type = "mqtt"`: any MQTT broker, validated and resolved.
+    Mqtt(Box<MqttSettings>),
 }
 
 impl UplinkConfig {
     /// Every value of `type`.
-    pub const TYPES: &'static [&'static str] = &["file", "console"];
+    pub const TYPES: &'static [&'static str] = &["mqtt", "file", "console"];
 
     /// The `type` string.
     pub fn type_name(&self) -> &'static str {
         match self {
             UplinkConfig::File(_) => "file",
             UplinkConfig::Console(_) => "console",
+            UplinkConfig::Mqtt(_) => "mqtt",
         }
     }
 }
@@ -376,8 +380,17 @@ impl Config {
             }
         }
         let mut uplinks = Vec::new();
+        let gateway_id = gateway
+            .as_ref()
+            .map_or("fieldgate", |g| g.id.as_str())
+            .to_string();
+        let ctx = UplinkContext {
+            gateway: &gateway_id,
+            base: &base_dir,
+            env,
+        };
         for (i, entry) in raw.uplinks.iter().enumerate() {
-            if let Some(u) = uplink(&mut c, entry, &root.key("uplinks").index(i)) {
+            if let Some(u) = uplink(&mut c, entry, &root.key("uplinks").index(i), &ctx) {
                 uplinks.push(u);
             }
         }
@@ -652,7 +665,19 @@ fn adapter(c: &mut Collector, entry: &Value, at: &KeyPath, base: &Path) -> Optio
     Some(AdapterSection { id, kind })
 }
 
-fn uplink(c: &mut Collector, entry: &Value, at: &KeyPath) -> Option<UplinkSection> {
+/// What uplink validation needs from the rest of the config.
+struct UplinkContext<'a> {
+    gateway: &'a str,
+    base: &'a Path,
+    env: &'a [(String, String)],
+}
+
+fn uplink(
+    c: &mut Collector,
+    entry: &Value,
+    at: &KeyPath,
+    ctx: &UplinkContext<'_>,
+) -> Option<UplinkSection> {
     let (id, ty, common, rest) = split_entry(
         c,
         entry,
@@ -678,6 +703,17 @@ fn uplink(c: &mut Collector, entry: &Value, at: &KeyPath) -> Option<UplinkSectio
         "console" => c
             .extract::<ConsoleUplinkConfig>(&rest, at)
             .map(UplinkConfig::Console),
+        "mqtt" => c.extract::<MqttUplinkConfig>(&rest, at).and_then(|m| {
+            match m.settings(ctx.gateway, ctx.base, ctx.env) {
+                Ok(s) => Some(UplinkConfig::Mqtt(Box::new(s))),
+                Err(problems) => {
+                    for p in problems {
+                        c.push(at.join_str(&p.key), p.message);
+                    }
+                    None
+                }
+            }
+        }),
         _ => None,
     };
     let common = common?;

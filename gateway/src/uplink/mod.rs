@@ -14,6 +14,7 @@
 
 mod console;
 mod file;
+pub mod mqtt;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -61,7 +62,8 @@ pub trait Uplink: Send + 'static {
     fn send<'a>(&'a mut self, batch: &'a [Queued]) -> BoxFuture<'a, Result<Delivery, SendError>>;
 }
 
-/// Builds the uplink a config section describes.
+/// Builds the uplink a config section describes. Must run inside a tokio runtime (the MQTT
+/// uplink starts connecting at once).
 pub fn build(config: &Config, section: &UplinkSection) -> Box<dyn Uplink> {
     match &section.kind {
         UplinkConfig::File(f) => Box::new(FileUplink::new(
@@ -73,6 +75,10 @@ pub fn build(config: &Config, section: &UplinkSection) -> Box<dyn Uplink> {
         UplinkConfig::Console(c) => {
             Box::new(ConsoleUplink::new(c.format, config.gateway.id.clone()))
         }
+        UplinkConfig::Mqtt(m) => Box::new(mqtt::MqttUplink::start(
+            (**m).clone(),
+            config.gateway.id.clone(),
+        )),
     }
 }
 
