@@ -89,3 +89,53 @@ pub fn signal(pid: u32, signal: &str) {
         .expect("kill(1) runs");
     assert!(status.success(), "kill -{signal} {pid}");
 }
+
+pub mod mqtt;
+
+/// A site with a simulator (`points` TOML) and one MQTT uplink (`uplink` TOML body, without
+/// `id`/`type`), its state in `dir`.
+pub fn mqtt_site(dir: &Path, points: &str, uplink: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[gateway]
+id = "e2e"
+data_dir = "{dir}"
+
+[queue]
+flush_interval = "20ms"
+
+[[adapters]]
+id = "sim"
+type = "simulator"
+[[adapters.devices]]
+id = "dev"
+{points}
+
+[[uplinks]]
+id = "cloud"
+type = "mqtt"
+retry_min = "100ms"
+retry_max = "2s"
+{uplink}
+"#,
+        dir = dir.display()
+    );
+    write(dir, "site.toml", &text)
+}
+
+/// `fieldgate queue stats --json` for a config.
+pub fn queue_stats(cfg: &Path) -> serde_json::Value {
+    let out = run(&[
+        "queue",
+        "stats",
+        "-c",
+        cfg.to_str().expect("utf-8"),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stats JSON")
+}

@@ -264,10 +264,10 @@ fn describe(e: &ConnectionError, s: &MqttSettings) -> (String, bool) {
     // The bool says whether an operator must act (wrong credentials or certificates).
     match e {
         ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword) => {
-            ("the broker refused the username or password".into(), true)
+            ("the broker refused: bad username or password".into(), true)
         }
         ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized) => {
-            ("the broker refused: not authorized (check the credentials or certificate and the broker's ACLs)".into(), true)
+            ("the broker refused: not authorized (wrong username or password, or a client certificate or ACL it does not accept)".into(), true)
         }
         ConnectionError::ConnectionRefused(code) => (format!("the broker refused the connection: {code:?}"), true),
         ConnectionError::Tls(t) => {

@@ -242,7 +242,9 @@ async fn a_wrong_password_is_reported_and_retried_with_backoff() {
     let mut state = up.link_state();
     let refused = tokio::time::timeout(
         Duration::from_secs(10),
-        state.wait_for(|s| matches!(s, LinkState::Down(Some(e)) if e.contains("refused the username or password"))),
+        state.wait_for(
+            |s| matches!(s, LinkState::Down(Some(e)) if e.contains("bad username or password")),
+        ),
     )
     .await
     .is_ok_and(|r| r.is_ok());
