@@ -168,10 +168,13 @@ pub fn pki(dir: &Path, name: &str) -> Pki {
     }
 }
 
-/// A subscriber with a persistent session (QoS 1) on `fieldgate/#`, recording every message;
-/// it reconnects by itself when the broker restarts.
+/// Messages as (topic, payload), shared with the subscriber's thread.
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A subscriber with a persistent session (QoS 1), recording every message; it reconnects by
+/// itself when the broker restarts.
 pub struct Subscriber {
-    messages: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    messages: Received,
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
