@@ -1,17 +1,22 @@
 //! `fieldgate demo`: the whole pipeline on built-in simulated devices, with zero setup.
 //!
 //! Runs `config/demo.toml` (compiled in) with its state in a temporary directory: a simulated
-//! pump station → queue → the console uplink (each reading printed as it is delivered) and a
-//! JSON Lines archive. Queue stats are printed every few seconds.
+//! pump station → queue → the MQTT uplink → an embedded MQTT broker (or the one given with
+//! `--broker`) → a subscriber that prints every reading it receives; plus a JSON Lines
+//! archive. Queue stats are printed every few seconds.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use fieldgate_adapter::Shutdown;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
+use crate::broker::{Broker, BrokerOptions};
 use crate::config::{Config, ConfigErrors};
 use crate::pipeline::{self, PipelineError};
+use crate::uplink::mqtt::parse_url;
 
 /// The demo site, as shipped in `config/demo.toml`.
 pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
@@ -19,23 +24,30 @@ pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
 /// Why the demo could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    /// The built-in config is broken (a bug).
+    /// The built-in config is broken (a bug), or `--broker` is not a valid url.
     #[error("demo config: {0}")]
     Config(#[from] ConfigErrors),
     /// The pipeline failed.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
-    /// No temporary directory.
-    #[error("cannot create a temporary directory: {0}")]
+    /// No temporary directory, or the embedded broker could not listen.
+    #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// `--broker` is not a broker url.
+    #[error("--broker: {0}")]
+    Broker(String),
 }
 
-/// The demo config with its state under `dir`.
-pub fn config(dir: &Path) -> Result<Config, ConfigErrors> {
+/// The demo config with its state under `dir`, publishing to `broker_url`.
+pub fn config(dir: &Path, broker_url: &str) -> Result<Config, ConfigErrors> {
     let env = vec![
         (
             "FIELDGATE_GATEWAY__DATA_DIR".to_string(),
             dir.display().to_string(),
+        ),
+        (
+            "FIELDGATE_UPLINKS__0__URL".to_string(),
+            format!("\"{broker_url}\""),
         ),
         (
             "FIELDGATE_UPLINKS__1__PATH".to_string(),
@@ -45,17 +57,56 @@ pub fn config(dir: &Path) -> Result<Config, ConfigErrors> {
     Config::from_toml(&dir.join("demo.toml"), DEMO_CONFIG, &env)
 }
 
-/// Runs the demo until `duration` passes or `shutdown` fires.
-pub async fn run(duration: Option<Duration>, mut shutdown: Shutdown) -> Result<(), DemoError> {
+/// Runs the demo until `duration` passes or `shutdown` fires. `broker` is a broker url to use
+/// instead of the embedded one.
+pub async fn run(
+    duration: Option<Duration>,
+    broker: Option<String>,
+    mut shutdown: Shutdown,
+) -> Result<(), DemoError> {
     let dir = tempfile::Builder::new()
         .prefix("fieldgate-demo-")
         .tempdir()?;
-    let config = config(dir.path())?;
+    let (embedded, url) = match broker {
+        Some(url) => (None, url),
+        None => {
+            let b = Broker::start(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                BrokerOptions::default(),
+            )
+            .await?;
+            let url = b.url();
+            (Some(b), url)
+        }
+    };
+    let config = config(dir.path(), &url)?;
     println!(
-        "fieldgate demo: simulated pump station -> queue -> console + {}",
+        "fieldgate demo: simulated pump station -> queue -> MQTT {} ({}) -> subscriber below",
+        url,
+        if embedded.is_some() {
+            "embedded broker"
+        } else {
+            "your broker"
+        }
+    );
+    println!(
+        "archive: {}   (Ctrl-C to stop)\n",
         dir.path().join("readings.jsonl").display()
     );
-    println!("(Ctrl-C to stop)\n");
+    let subscriber = match parse_url(&url) {
+        Ok((false, host, port)) => Some(tokio::spawn(subscribe(
+            host,
+            port,
+            config.gateway.id.clone(),
+        ))),
+        Ok((true, _, _)) => {
+            println!(
+                "(the demo subscriber speaks plain MQTT only; watch {url} with your own client)"
+            );
+            None
+        }
+        Err(e) => return Err(DemoError::Broker(e)),
+    };
     let running = pipeline::start(&config).await?;
     let deadline = async {
         match duration {
@@ -83,9 +134,73 @@ pub async fn run(duration: Option<Duration>, mut shutdown: Shutdown) -> Result<(
         }
     }
     let report = running.stop().await?;
+    // Let the last messages reach the subscriber before it goes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    if let Some(s) = subscriber {
+        s.abort();
+    }
+    if let Some(b) = embedded {
+        b.stop().await;
+    }
     println!(
         "\ndemo stopped: {} readings committed, {} lost.",
         report.committed, report.lost
     );
     Ok(())
+}
+
+/// Prints every reading that arrives on `fieldgate/<gateway>/#`.
+async fn subscribe(host: String, port: u16, gateway: String) {
+    let mut opts = MqttOptions::new(
+        format!("fieldgate-demo-subscriber-{}", std::process::id()),
+        host,
+        port,
+    );
+    opts.set_keep_alive(Duration::from_secs(10));
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut el) = AsyncClient::new(opts, 16);
+    let filter = format!("fieldgate/{gateway}/#");
+    loop {
+        match el.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                let _ = client.subscribe(filter.clone(), QoS::AtMostOnce).await;
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => print_message(&p.topic, &p.payload),
+            Ok(_) => {}
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+fn print_message(topic: &str, body: &[u8]) {
+    if topic.ends_with("/status") {
+        println!("[mqtt] {topic} = {}", String::from_utf8_lossy(body));
+        return;
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        println!("[mqtt] {topic}: {} bytes", body.len());
+        return;
+    };
+    let mut out = Vec::new();
+    for r in v["readings"].as_array().into_iter().flatten() {
+        let value = match &r["value"] {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let unit = r["unit"]
+            .as_str()
+            .map(|u| format!(" {u}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "#{:<8} {}  {}/{}/{} = {value}{unit}   [mqtt {topic}]",
+            r["seq"],
+            r["ts"].as_str().unwrap_or(""),
+            v["adapter"].as_str().unwrap_or(""),
+            v["device"].as_str().unwrap_or(""),
+            r["point"].as_str().unwrap_or(""),
+        );
+    }
+    let _ = std::io::stdout().write_all(&out);
+    let _ = std::io::stdout().flush();
 }

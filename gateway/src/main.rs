@@ -44,6 +44,9 @@ enum Command {
         /// Stop after this long, like "30s" (default: run until Ctrl-C).
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
+        /// Publish to this broker instead of the embedded one, like mqtt://localhost:1883.
+        #[arg(long)]
+        broker: Option<String>,
     },
     /// Measure the queue and the pipeline at full rate beside a bare rusqlite loop.
     Bench {
@@ -190,14 +193,14 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
                 })
             })
         }
-        Command::Demo { duration } => {
+        Command::Demo { duration, broker } => {
             init_logging(
                 rust_log.as_deref().unwrap_or("warn"),
                 cli.log_format.unwrap_or_default(),
             );
             let rt = runtime()?;
             rt.block_on(async {
-                demo::run(duration, signals()?).await?;
+                demo::run(duration, broker, signals()?).await?;
                 anyhow::Ok(ExitCode::SUCCESS)
             })
         }

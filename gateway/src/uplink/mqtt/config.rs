@@ -617,3 +617,6 @@ impl MqttUplinkConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

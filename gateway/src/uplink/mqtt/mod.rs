@@ -31,7 +31,9 @@ use rumqttc::{
 };
 use tokio::sync::{oneshot, watch};
 
-pub use config::{BodyFormat, MessageMode, MqttSettings, MqttUplinkConfig, Preset, ValueFormat};
+pub use config::{
+    parse_url, BodyFormat, MessageMode, MqttSettings, MqttUplinkConfig, Preset, ValueFormat,
+};
 pub use message::{build as build_messages, topic_for, Message};
 
 use super::{Delivery, SendError, Uplink};
