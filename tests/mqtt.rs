@@ -216,8 +216,8 @@ fn a_broker_restart_in_a_stream_of_100000_loses_nothing() {
     let logs = stop(gw);
     let seen = sub.seqs();
     let duplicates: u32 = seen.values().map(|n| n - 1).sum();
-    // At most the batch in flight when the link dropped is sent twice.
-    assert!(duplicates <= 1000, "{duplicates} duplicates; logs:\n{logs}");
+    // At most what was in flight when the link dropped is sent twice: 4 batches of 1000.
+    assert!(duplicates <= 4000, "{duplicates} duplicates; logs:\n{logs}");
     assert!(
         logs.contains("lost the MQTT connection"),
         "the outage was noticed; logs:\n{logs}"

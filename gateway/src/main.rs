@@ -65,6 +65,10 @@ enum Command {
         /// Measure only the bare loop and the queue.
         #[arg(long)]
         skip_pipeline: bool,
+        /// Measure the MQTT uplink against this broker instead (e.g. a local Mosquitto at
+        /// mqtt://127.0.0.1:1883), beside a bare rumqttc publisher.
+        #[arg(long)]
+        mqtt: Option<String>,
     },
 }
 
@@ -211,6 +215,7 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
             dir,
             batch,
             skip_pipeline,
+            mqtt,
         } => {
             init_logging(
                 rust_log.as_deref().unwrap_or("warn"),
@@ -237,7 +242,13 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
                 opts.batch,
                 opts.dir.display()
             );
-            let report = runtime()?.block_on(bench::run(&opts))?;
+            let rt = runtime()?;
+            let report = match mqtt {
+                Some(url) => {
+                    rt.block_on(bench::run_mqtt(&url, &opts.dir, opts.readings, opts.batch))?
+                }
+                None => rt.block_on(bench::run(&opts))?,
+            };
             print!("{}", bench::render(&report));
             Ok(ExitCode::SUCCESS)
         }

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use fieldgate_adapter::{BoxFuture, Reading, Value};
 
 use crate::queue::{Inspector, Queued};
-use crate::uplink::{Delivery, SendError};
+use crate::uplink::{settled, Delivery, Pending, SendError};
 
 fn config(dir: &Path, queue: &str) -> Config {
     let queue = if queue.is_empty() {
@@ -107,7 +107,7 @@ impl Recorder {
 }
 
 impl Uplink for Recorder {
-    fn send<'a>(&'a mut self, batch: &'a [Queued]) -> BoxFuture<'a, Result<Delivery, SendError>> {
+    fn send<'a>(&'a mut self, batch: &'a [Queued]) -> BoxFuture<'a, Result<Pending, SendError>> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
             if let Some(result) = self.script.lock().expect("lock").pop_front() {
@@ -119,7 +119,7 @@ impl Uplink for Recorder {
                     .iter()
                     .map(|q| (q.seq, q.reading.source.to_string(), q.reading.value.clone())),
             );
-            Ok(Delivery::all())
+            Ok(settled(Ok(Delivery::all())))
         })
     }
 }

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use fieldgate_adapter::BoxFuture;
 
-use super::{Delivery, SendError, Uplink};
+use super::{settled, Delivery, Pending, SendError, Uplink};
 use crate::config::LogFormat;
 use crate::payload;
 use crate::queue::Queued;
@@ -24,14 +24,14 @@ impl ConsoleUplink {
 }
 
 impl Uplink for ConsoleUplink {
-    fn send<'a>(&'a mut self, batch: &'a [Queued]) -> BoxFuture<'a, Result<Delivery, SendError>> {
+    fn send<'a>(&'a mut self, batch: &'a [Queued]) -> BoxFuture<'a, Result<Pending, SendError>> {
         Box::pin(async move {
             let text = payload::render_lines(self.format, &self.gateway, batch);
             let mut stdout = std::io::stdout().lock();
             stdout
                 .write_all(&text)
                 .and_then(|()| stdout.flush())
-                .map(|()| Delivery::all())
+                .map(|()| settled(Ok(Delivery::all())))
                 .map_err(|e| SendError::Retry(format!("cannot write to standard output: {e}")))
         })
     }

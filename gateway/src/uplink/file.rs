@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use fieldgate_adapter::BoxFuture;
 
-use super::{Delivery, SendError, Uplink};
+use super::{settled, Delivery, Pending, SendError, Uplink};
 use crate::payload;
 use crate::queue::Queued;
 
@@ -123,7 +123,7 @@ fn rename_if_exists(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 impl Uplink for FileUplink {
-    fn send<'a>(&'a mut self, batch: &'a [Queued]) -> BoxFuture<'a, Result<Delivery, SendError>> {
+    fn send<'a>(&'a mut self, batch: &'a [Queued]) -> BoxFuture<'a, Result<Pending, SendError>> {
         Box::pin(async move {
             let Some(mut state) = self.state.take() else {
                 // Only after a panic in the writer task, which lost the state.
@@ -141,7 +141,7 @@ impl Uplink for FileUplink {
             let path = state.path.display().to_string();
             self.state = Some(state);
             result
-                .map(|()| Delivery::all())
+                .map(|()| settled(Ok(Delivery::all())))
                 .map_err(|e| SendError::Retry(format!("cannot write {path}: {e}")))
         })
     }
@@ -181,7 +181,12 @@ mod tests {
         // One reading is ~150 bytes: 10 per batch is ~1.5 KB; rotate at 4 KB.
         let mut up = FileUplink::new(path.clone(), 4096, 2, "gw".into());
         for b in 0..10 {
-            up.send(&batch(b * 10 + 1, 10)).await.expect("written");
+            let settled = up
+                .send(&batch(b * 10 + 1, 10))
+                .await
+                .map_err(|e| e.to_string())
+                .expect("written");
+            assert_eq!(settled.await, Ok(Delivery::all()));
         }
         let current = seqs_in(&path);
         let one = seqs_in(&dir.path().join("sub/out.jsonl.1"));
@@ -213,16 +218,20 @@ mod tests {
             1,
             "gw".into(),
         );
-        let err = up
-            .send(&batch(1, 1))
-            .await
-            .expect_err("cannot create a dir under a file");
+        let Err(err) = up.send(&batch(1, 1)).await else {
+            panic!("cannot create a dir under a file");
+        };
         assert!(
             matches!(err, SendError::Retry(ref m) if m.contains("blocker")),
             "{err:?}"
         );
         // And it keeps working once the path is fixed.
         std::fs::remove_file(dir.path().join("blocker")).expect("rm");
-        up.send(&batch(1, 1)).await.expect("recovers");
+        let settled = up
+            .send(&batch(1, 1))
+            .await
+            .map_err(|e| e.to_string())
+            .expect("recovers");
+        assert_eq!(settled.await, Ok(Delivery::all()));
     }
 }

@@ -16,7 +16,7 @@ mod console;
 mod file;
 pub mod mqtt;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use fieldgate_adapter::{BoxFuture, Shutdown};
@@ -55,11 +55,28 @@ impl Delivery {
     }
 }
 
+/// The settlement of a batch handed to an uplink: resolves once the far side has durably every
+/// reading of the batch not listed in [`Delivery::rejected`], or with the reason it did not.
+pub type Pending = BoxFuture<'static, Result<Delivery, SendError>>;
+
+/// A [`Pending`] that is already settled.
+pub fn settled(result: Result<Delivery, SendError>) -> Pending {
+    Box::pin(std::future::ready(result))
+}
+
 /// A northbound destination.
 pub trait Uplink: Send + 'static {
-    /// Delivers `batch` (oldest first). Returns `Ok` only once the far side has durably every
-    /// reading not listed in [`Delivery::rejected`].
-    fn send<'a>(&'a mut self, batch: &'a [Queued]) -> BoxFuture<'a, Result<Delivery, SendError>>;
+    /// Hands `batch` (oldest first) to the far side and returns once the uplink has taken it
+    /// (written and fsynced for a file; published for MQTT). The returned [`Pending`] settles
+    /// when the far side acknowledged it. An `Err` here means the batch was not taken at all.
+    fn send<'a>(&'a mut self, batch: &'a [Queued]) -> BoxFuture<'a, Result<Pending, SendError>>;
+
+    /// How many batches may be in flight (sent, not yet settled) at once. With more than one,
+    /// the link stays busy while acknowledgements travel back; on a failure every batch after
+    /// the last settled one is sent again, so duplicates are bounded by this window.
+    fn window(&self) -> usize {
+        1
+    }
 }
 
 /// Builds the uplink a config section describes. Must run inside a tokio runtime (the MQTT
@@ -110,8 +127,18 @@ impl ForwarderOptions {
     }
 }
 
-/// Drains the queue into `uplink` until `shutdown` fires. A send in progress when it fires
-/// is finished (or fails) first, so a delivered batch is always acknowledged.
+/// A batch handed to the uplink and not settled yet.
+struct InFlight {
+    /// The highest sequence id the batch covers (including readings filtered out).
+    last: u64,
+    /// The sequence ids it carries.
+    seqs: Vec<u64>,
+    delivery: Pending,
+}
+
+/// Drains the queue into `uplink` until `shutdown` fires, keeping up to `uplink.window()`
+/// batches in flight and acknowledging them in order. After `shutdown` no new batch is sent;
+/// the ones in flight are settled first, so a delivered batch is always acknowledged.
 pub async fn forwarder(
     queue: QueueHandle,
     mut uplink: Box<dyn Uplink>,
@@ -133,90 +160,132 @@ pub async fn forwarder(
         }
     };
     tracing::info!(uplink = %id, from_seq = cursor + 1, "forwarder started");
-    let mut pending: Option<(Vec<Queued>, u64)> = None;
-    while !shutdown.is_fired() {
-        let (batch, last) = match pending.take() {
-            Some(p) => p,
-            None => match queue.peek(cursor, opts.batch_size).await {
-                Ok(items) if items.is_empty() => {
-                    tokio::select! {
-                        () = shutdown.fired() => break,
-                        changed = committed.wait_for(|&last| last > cursor) => {
-                            if changed.is_err() { break; }
-                        }
-                    }
-                    continue;
-                }
-                Ok(items) => {
-                    let last = items.last().map_or(cursor, |q| q.seq);
-                    let batch: Vec<Queued> = match &opts.adapters {
-                        None => items,
-                        Some(wanted) => items
-                            .into_iter()
-                            .filter(|q| wanted.contains(q.reading.source.as_str()))
-                            .collect(),
-                    };
-                    (batch, last)
-                }
+    let window = uplink.window().max(1);
+    let mut inflight: VecDeque<InFlight> = VecDeque::with_capacity(window);
+    // Where the next batch is peeked from: ahead of `cursor` while batches are in flight.
+    let mut next = cursor;
+    loop {
+        // Fill the window.
+        while inflight.len() < window && !shutdown.is_fired() {
+            let items = match queue.peek(next, opts.batch_size).await {
+                Ok(items) => items,
                 Err(e) => {
                     let delay = backoff.next_delay();
                     tracing::error!(uplink = %id, error = %e, retry_in = ?delay, "cannot read the queue");
-                    sleep_or_shutdown(delay, &mut shutdown).await;
-                    continue;
+                    if inflight.is_empty() {
+                        sleep_or_shutdown(delay, &mut shutdown).await;
+                    }
+                    break;
                 }
-            },
+            };
+            let Some(last) = items.last().map(|q| q.seq) else {
+                break;
+            };
+            next = last;
+            let batch: Vec<Queued> = match &opts.adapters {
+                None => items,
+                Some(wanted) => items
+                    .into_iter()
+                    .filter(|q| wanted.contains(q.reading.source.as_str()))
+                    .collect(),
+            };
+            let seqs: Vec<u64> = batch.iter().map(|q| q.seq).collect();
+            if batch.is_empty() {
+                inflight.push_back(InFlight {
+                    last,
+                    seqs,
+                    delivery: settled(Ok(Delivery::all())),
+                });
+                continue;
+            }
+            match uplink.send(&batch).await {
+                Ok(delivery) => inflight.push_back(InFlight {
+                    last,
+                    seqs,
+                    delivery,
+                }),
+                Err(e) => {
+                    inflight.push_back(InFlight {
+                        last,
+                        seqs,
+                        delivery: settled(Err(e)),
+                    });
+                    break;
+                }
+            }
+        }
+        let Some(front) = inflight.pop_front() else {
+            if shutdown.is_fired() {
+                break;
+            }
+            // Nothing in flight and nothing queued: sleep until a commit or shutdown.
+            tokio::select! {
+                () = shutdown.fired() => break,
+                changed = committed.wait_for(|&last| last > next) => {
+                    if changed.is_err() { break; }
+                }
+            }
+            continue;
         };
-        let result = if batch.is_empty() {
-            Ok(Delivery::all())
-        } else {
-            uplink.send(&batch).await
-        };
-        match result {
+        let settled_ok = match front.delivery.await {
             Ok(delivery) => {
-                if !delivery.rejected.is_empty()
-                    && !dead_letter_some(&queue, id, &delivery.rejected).await
-                {
-                    pending = Some((batch, last));
-                    sleep_or_shutdown(backoff.next_delay(), &mut shutdown).await;
-                    continue;
+                let stored = delivery.rejected.is_empty()
+                    || dead_letter_some(&queue, id, &delivery.rejected).await;
+                let delivered = (front.seqs.len() - delivery.rejected.len()) as u64;
+                match stored {
+                    false => false,
+                    true => match queue.ack(id, front.last, delivered).await {
+                        Ok(_) => {
+                            if backoff.attempts() > 0 {
+                                tracing::info!(uplink = %id, after_failures = backoff.attempts(), "uplink recovered");
+                            }
+                            backoff.reset();
+                            tracing::debug!(uplink = %id, readings = delivered, through_seq = front.last, "delivered");
+                            cursor = front.last;
+                            true
+                        }
+                        Err(e) => {
+                            // Not acknowledged: the batch will be sent again (at-least-once).
+                            tracing::error!(uplink = %id, error = %e, "delivered but could not record it; it will be sent again");
+                            false
+                        }
+                    },
                 }
-                let delivered = (batch.len() - delivery.rejected.len()) as u64;
-                if let Err(e) = queue.ack(id, last, delivered).await {
-                    // Not acknowledged: the batch will be sent again (at-least-once).
-                    tracing::error!(uplink = %id, error = %e, "delivered but could not record it; it will be sent again");
-                    sleep_or_shutdown(backoff.next_delay(), &mut shutdown).await;
-                    continue;
-                }
-                if backoff.attempts() > 0 {
-                    tracing::info!(uplink = %id, after_failures = backoff.attempts(), "uplink recovered");
-                }
-                backoff.reset();
-                tracing::debug!(uplink = %id, readings = batch.len(), through_seq = last, "delivered");
-                cursor = last;
             }
             Err(SendError::Retry(why)) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(uplink = %id, error = %why, attempt = backoff.attempts(), retry_in = ?delay, "delivery failed; will retry");
-                pending = Some((batch, last));
-                sleep_or_shutdown(delay, &mut shutdown).await;
+                tracing::warn!(uplink = %id, error = %why, attempt = backoff.attempts() + 1, "delivery failed; will retry");
+                false
             }
             Err(SendError::Reject(why)) => {
-                let seqs: Vec<u64> = batch.iter().map(|q| q.seq).collect();
-                tracing::error!(uplink = %id, error = %why, readings = seqs.len(), first_seq = seqs.first(), "uplink rejected a batch; moved to dead letters");
-                match queue.dead_letter(id, seqs, why).await {
-                    Ok(()) => {
-                        if let Err(e) = queue.ack(id, last, 0).await {
-                            tracing::error!(uplink = %id, error = %e, "could not move past a rejected batch");
-                        } else {
-                            cursor = last;
+                tracing::error!(uplink = %id, error = %why, readings = front.seqs.len(), first_seq = front.seqs.first(), "uplink rejected a batch; moved to dead letters");
+                match queue.dead_letter(id, front.seqs.clone(), why).await {
+                    Ok(()) => match queue.ack(id, front.last, 0).await {
+                        Ok(_) => {
+                            cursor = front.last;
+                            true
                         }
-                    }
+                        Err(e) => {
+                            tracing::error!(uplink = %id, error = %e, "could not move past a rejected batch");
+                            false
+                        }
+                    },
                     Err(e) => {
                         tracing::error!(uplink = %id, error = %e, "could not store dead letters; will retry the batch");
-                        sleep_or_shutdown(backoff.next_delay(), &mut shutdown).await;
+                        false
                     }
                 }
             }
+        };
+        if !settled_ok {
+            // Everything after the last acknowledged batch is sent again, after a backoff.
+            inflight.clear();
+            next = cursor;
+            let delay = backoff.next_delay();
+            tracing::debug!(uplink = %id, retry_in = ?delay, from_seq = cursor + 1, "rewinding");
+            if shutdown.is_fired() {
+                break;
+            }
+            sleep_or_shutdown(delay, &mut shutdown).await;
         }
     }
     tracing::info!(uplink = %id, through_seq = cursor, "forwarder stopped");

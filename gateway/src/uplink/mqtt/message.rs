@@ -103,34 +103,51 @@ pub fn build(
         let hard_limit = s
             .max_packet_size
             .saturating_sub(topic.len() + PUBLISH_OVERHEAD);
-        let mut body: Vec<u8> = Vec::new();
+        // Items are written straight into the message being built; only an item that turns
+        // out not to fit is moved to the next message.
+        let mut payload = header.clone();
         let mut seqs: Vec<u64> = Vec::new();
-        let mut item = Vec::new();
         for q in group {
-            item.clear();
-            write_item(s.body, &mut item, q);
-            if header.len() + item.len() + FOOTER_ROOM > hard_limit {
+            if seqs.len() >= s.max_readings_per_message {
+                messages.push(finish(
+                    s.body,
+                    &topic,
+                    std::mem::replace(&mut payload, header.clone()),
+                    &seqs,
+                ));
+                seqs.clear();
+            }
+            let mark = payload.len();
+            if !seqs.is_empty() {
+                payload.push(b',');
+            }
+            let item_start = payload.len();
+            write_item(s.body, &mut payload, q);
+            let item_len = payload.len() - item_start;
+            if header.len() + item_len + FOOTER_ROOM > hard_limit {
+                payload.truncate(mark);
                 rejected.push((
                     q.seq,
-                    too_big(header.len() + item.len() + FOOTER_ROOM, s.max_packet_size),
+                    too_big(header.len() + item_len + FOOTER_ROOM, s.max_packet_size),
                 ));
                 continue;
             }
-            let full = seqs.len() >= s.max_readings_per_message
-                || header.len() + body.len() + 1 + item.len() + FOOTER_ROOM > s.max_message_bytes;
-            if full && !seqs.is_empty() {
-                messages.push(finish(s.body, &topic, &header, &body, &seqs));
-                body.clear();
+            if !seqs.is_empty() && payload.len() + FOOTER_ROOM > s.max_message_bytes {
+                let item = payload[item_start..].to_vec();
+                payload.truncate(mark);
+                messages.push(finish(
+                    s.body,
+                    &topic,
+                    std::mem::replace(&mut payload, header.clone()),
+                    &seqs,
+                ));
                 seqs.clear();
+                payload.extend_from_slice(&item);
             }
-            if !seqs.is_empty() {
-                body.push(b',');
-            }
-            body.extend_from_slice(&item);
             seqs.push(q.seq);
         }
         if !seqs.is_empty() {
-            messages.push(finish(s.body, &topic, &header, &body, &seqs));
+            messages.push(finish(s.body, &topic, payload, &seqs));
         }
     }
     (messages, rejected)
@@ -192,10 +209,7 @@ fn write_item(body: BodyFormat, out: &mut Vec<u8>, q: &Queued) {
     }
 }
 
-fn finish(body: BodyFormat, topic: &str, header: &[u8], items: &[u8], seqs: &[u64]) -> Message {
-    let mut payload = Vec::with_capacity(header.len() + items.len() + FOOTER_ROOM);
-    payload.extend_from_slice(header);
-    payload.extend_from_slice(items);
+fn finish(body: BodyFormat, topic: &str, mut payload: Vec<u8>, seqs: &[u64]) -> Message {
     match body {
         BodyFormat::Fieldgate => {
             let first = seqs.first().copied().unwrap_or(0);

@@ -1,0 +1,201 @@
+//! `fieldgate bench --mqtt URL`: the MQTT uplink against a real broker, beside a bare
+//! rumqttc publisher sending the same payloads in the same run.
+//!
+//! 1. **bare rumqttc publisher**: the messages fieldgate builds for one batch, published again
+//!    and again at QoS 1 with the same in-flight window, until `n` readings' worth were
+//!    acknowledged. No queue, no tracking: the broker's ceiling for these payloads.
+//! 2. **backlog drain**: `n` readings are queued first (not timed), then a pipeline with only
+//!    the MQTT uplink drains them.
+//! 3. **live**: the simulator at full rate → queue → MQTT.
+
+use std::path::Path;
+use std::time::Duration;
+
+use fieldgate_adapter::Adapter;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+use super::{bench_config, fresh_db, peak_rss, sample_batch, BenchReport, Phase, Probe};
+use crate::pipeline::{self, AdapterFactory, Parts, PipelineOptions};
+use crate::queue::{Durability, Queue, QueueError, QueueOptions, Queued};
+use crate::uplink::mqtt::{build_messages, MqttSettings, MqttUplink, MqttUplinkConfig};
+use crate::uplink::ForwarderOptions;
+
+fn err(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Incompatible(e.to_string())
+}
+
+fn settings(url: &str) -> Result<MqttSettings, QueueError> {
+    use figment::providers::Format;
+    let raw: MqttUplinkConfig = figment::Figment::from(figment::providers::Toml::string(&format!(
+        "url = \"{url}\"\nstatus_topic = \"\"\nclient_id = \"fieldgate-bench\""
+    )))
+    .extract()
+    .map_err(err)?;
+    raw.settings("bench", Path::new("."), &[])
+        .map_err(|p| err(format!("{p:?}")))
+}
+
+/// Runs the three MQTT phases with `n` readings each.
+pub async fn run(url: &str, dir: &Path, n: u64, batch: usize) -> Result<BenchReport, QueueError> {
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let dir = std::fs::canonicalize(dir).map_err(err)?;
+    let s = settings(url)?;
+    let mut report = BenchReport::default();
+    report.phases.push(Phase {
+        name: "bare rumqttc publisher, prebuilt (QoS 1)".into(),
+        ..bare_publisher(&s, n, batch, false).await?
+    });
+    report.phases.push(Phase {
+        name: "bare rumqttc publisher, encoding (QoS 1)".into(),
+        ..bare_publisher(&s, n, batch, true).await?
+    });
+    report.phases.push(Phase {
+        name: format!("mqtt: drain a queued backlog of {n}"),
+        ..drain(&s, &dir, n, batch, false).await?
+    });
+    report.phases.push(Phase {
+        name: "mqtt: live sim→queue→mqtt".into(),
+        ..drain(&s, &dir, n, batch, true).await?
+    });
+    report.peak_rss = report
+        .phases
+        .iter()
+        .map(|p| p.peak_rss)
+        .max()
+        .unwrap_or(0)
+        .max(peak_rss());
+    Ok(report)
+}
+
+/// Publishes `n` readings' worth of messages at QoS 1 and waits for every PUBACK. With
+/// `encode`, each batch's messages are built from the in-memory readings inside the loop (what
+/// any publisher must do); without, one batch's messages are built once and sent again and
+/// again (the broker's ceiling for these payloads).
+async fn bare_publisher(
+    s: &MqttSettings,
+    n: u64,
+    batch: usize,
+    encode: bool,
+) -> Result<Phase, QueueError> {
+    let items: Vec<Queued> = sample_batch(batch)
+        .into_iter()
+        .zip(1..)
+        .map(|(reading, seq)| Queued { seq, reading })
+        .collect();
+    let (messages, _) = build_messages(s, "bench", &items, false);
+    let settings = s.clone();
+    let rounds = n.div_ceil(batch as u64);
+    let total = rounds * messages.len() as u64;
+    let mut o = MqttOptions::new("fieldgate-bench-bare", s.host.clone(), s.port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_inflight(s.inflight);
+    o.set_max_packet_size(s.max_packet_size, s.max_packet_size);
+    let (client, mut el) = AsyncClient::new(o, usize::from(s.inflight) * 2);
+    let mut net = el.network_options();
+    net.set_tcp_nodelay(true);
+    el.set_network_options(net);
+    // Connect first, outside the measurement.
+    loop {
+        match el.poll().await.map_err(err)? {
+            Event::Incoming(Packet::ConnAck(_)) => break,
+            _ => continue,
+        }
+    }
+    let probe = Probe::now();
+    let publisher = tokio::spawn(async move {
+        for _ in 0..rounds {
+            let built;
+            let round = if encode {
+                built = build_messages(&settings, "bench", &items, false).0;
+                &built
+            } else {
+                &messages
+            };
+            for m in round {
+                if client
+                    .publish(m.topic.clone(), QoS::AtLeastOnce, false, m.payload.clone())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+    let mut acked = 0;
+    while acked < total {
+        if let Event::Incoming(Packet::PubAck(_)) = el.poll().await.map_err(err)? {
+            acked += 1;
+        }
+    }
+    let phase = probe.phase(String::new(), rounds * batch as u64);
+    let _ = publisher.await;
+    Ok(phase)
+}
+
+async fn drain(
+    s: &MqttSettings,
+    dir: &Path,
+    n: u64,
+    batch: usize,
+    live: bool,
+) -> Result<Phase, QueueError> {
+    let qpath = fresh_db(dir, "bench-mqtt.db");
+    if !live {
+        let path = qpath.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), QueueError> {
+            let mut q = Queue::open(&path, QueueOptions::default(), &["mqtt"])?;
+            let readings = sample_batch(batch);
+            let mut left = n;
+            while left > 0 {
+                let k = usize::try_from(left.min(batch as u64)).unwrap_or(batch);
+                q.append(&readings[..k])?;
+                left -= k as u64;
+            }
+            q.close()
+        })
+        .await
+        .map_err(err)??;
+    }
+    let config = bench_config(dir, &qpath, Durability::Crash, batch)?;
+    let adapters: Vec<(String, AdapterFactory)> = if live {
+        let factory: AdapterFactory = Box::new(move || {
+            Ok(Box::new(fieldgate_simulator::Simulator::full_rate(
+                "device-1",
+                "value",
+                Some(n),
+            )) as Box<dyn Adapter>)
+        });
+        vec![("bench".into(), factory)]
+    } else {
+        Vec::new()
+    };
+    let uplink = MqttUplink::start(s.clone(), "bench".into());
+    let parts = Parts {
+        adapters,
+        uplinks: vec![(
+            ForwarderOptions {
+                id: "mqtt".into(),
+                adapters: None,
+                batch_size: batch,
+                retry_min: Duration::from_millis(100),
+                retry_max: Duration::from_secs(1),
+            },
+            Box::new(uplink),
+        )],
+    };
+    let probe = Probe::now();
+    let running = pipeline::start_with(&config, parts, PipelineOptions::default())
+        .await
+        .map_err(err)?;
+    loop {
+        let st = running.queue().stats().await?;
+        if st.uplinks.first().map_or(0, |u| u.delivered) >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let phase = probe.phase(String::new(), n);
+    running.stop().await.map_err(err)?;
+    Ok(phase)
+}
