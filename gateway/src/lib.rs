@@ -16,4 +16,5 @@ pub mod demo;
 pub mod payload;
 pub mod pipeline;
 pub mod queue;
+pub mod throttle;
 pub mod uplink;

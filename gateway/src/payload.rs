@@ -131,12 +131,12 @@ pub fn render_lines(format: LogFormat, gateway: &str, items: &[Queued]) -> Vec<u
     out
 }
 
-/// `2026-11-21T06:00:00.123456Z`.
+/// `2026-11-21T06:00:00.123456Z`. Total: times outside what RFC 3339 can say (before 1970
+/// or after 9999, only ever from a broken clock or device) are clamped to its ends.
 pub fn rfc3339(t: SystemTime) -> String {
-    if t < SystemTime::UNIX_EPOCH {
-        // humantime cannot format times before 1970; they only come from a broken clock.
-        return "1970-01-01T00:00:00.000000Z".to_string();
-    }
+    // 9999-12-31T23:59:59.999999Z
+    let max = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(253_402_300_799_999_999);
+    let t = t.clamp(SystemTime::UNIX_EPOCH, max);
     humantime::format_rfc3339_micros(t).to_string()
 }
 
@@ -230,6 +230,18 @@ mod tests {
             String::from_utf8(out).expect("utf-8"),
             "#42       2025-11-21T06:00:00.000000Z  sim/pump-1/t = 21.5 °C\n\
              #42       2025-11-21T06:00:00.000000Z  sim/pump-1/t = 21.5 °C [stale: timeout]\n"
+        );
+    }
+
+    /// Regression: a reading stamped after year 9999 made humantime fail, and the forwarder
+    /// carrying it panicked and stopped for good.
+    #[test]
+    fn timestamps_outside_rfc3339_are_clamped_not_a_panic() {
+        let far = UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+        assert_eq!(rfc3339(far), "9999-12-31T23:59:59.999999Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH - Duration::from_secs(5)),
+            "1970-01-01T00:00:00.000000Z"
         );
     }
 

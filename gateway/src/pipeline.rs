@@ -282,7 +282,15 @@ impl Running {
             }
             Err(_) => {
                 writer_abort.fire();
-                writer.await.unwrap_or_default()
+                // The writer returns at once when aborted, unless a commit is stuck in SQLite.
+                match tokio::time::timeout(Duration::from_secs(5), &mut writer).await {
+                    Ok(r) => r.unwrap_or_default(),
+                    Err(_) => {
+                        writer.abort();
+                        tracing::error!("queue writer did not stop; readings in memory are lost");
+                        WriterReport::default()
+                    }
+                }
             }
         };
         tracing::info!("stopping uplinks");
@@ -365,7 +373,10 @@ async fn supervise(
                     commands: cmd_rx,
                 };
                 tracing::info!(adapter = %id, "adapter started");
-                match tokio::spawn(adapter.run(ctx)).await {
+                // If this supervisor is aborted (an adapter that ignores shutdown), the guard
+                // aborts the adapter's task too, so it cannot keep a reading sender alive.
+                let mut task = AbortOnDrop(tokio::spawn(adapter.run(ctx)));
+                match (&mut task.0).await {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(e) if e.is_panic() => Err(format!("panicked: {}", panic_message(e))),
@@ -400,6 +411,15 @@ async fn supervise(
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn panic_message(e: tokio::task::JoinError) -> String {
     match e.try_into_panic() {
         Ok(payload) => payload
@@ -425,8 +445,13 @@ async fn writer(
     let mut buf = Vec::with_capacity(batch_size);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut full_logged = false;
+    let mut refused_log = crate::throttle::Throttle::new(Duration::from_secs(10));
     loop {
-        if rx.recv_many(&mut buf, batch_size).await == 0 {
+        let got = tokio::select! {
+            n = rx.recv_many(&mut buf, batch_size) => n,
+            () = abort.fired() => 0,
+        };
+        if got == 0 {
             break;
         }
         let deadline = Instant::now() + flush_interval;
@@ -447,10 +472,14 @@ async fn writer(
                 Ok(outcome) => {
                     if outcome.dropped_newest > 0 {
                         report.refused += outcome.dropped_newest;
-                        tracing::warn!(
-                            dropped = outcome.dropped_newest,
-                            "queue full: refused new readings (when_full = \"drop_newest\")"
-                        );
+                        if let Some(n) =
+                            refused_log.hit(outcome.dropped_newest, std::time::Instant::now())
+                        {
+                            tracing::error!(
+                                dropped = n,
+                                "queue full: refused new readings (when_full = \"drop_newest\")"
+                            );
+                        }
                     } else {
                         report.committed += n;
                     }

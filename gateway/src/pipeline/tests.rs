@@ -271,3 +271,36 @@ async fn retries_then_delivers_and_dead_letters_rejects() {
     );
     running.stop().await.expect("stops");
 }
+
+/// Regression: after `max_age` deleted the rows ahead of a forwarder, an empty peek was
+/// followed by another at once (the committed id was already past the cursor): a spinning core.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_forwarder_does_not_spin_after_rows_expired() {
+    use crate::queue::{Queue, QueueHandle, QueueOptions};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = QueueOptions {
+        max_age: Some(Duration::from_secs(60)),
+        ..QueueOptions::default()
+    };
+    let mut q = Queue::open(&dir.path().join("q.db"), opts, &["up"]).expect("open");
+    let old = SystemTime::now() - Duration::from_secs(3600);
+    q.append_at(&[reading("a", 1), reading("a", 2)], old)
+        .expect("append");
+    assert_eq!(q.expire(SystemTime::now()).expect("expire"), 2);
+    let queue = QueueHandle::new(q);
+    let (trigger, shutdown) = fieldgate_adapter::ShutdownTrigger::new();
+    let fwd = tokio::spawn(crate::uplink::forwarder(
+        queue.clone(),
+        Box::new(Recorder::default()),
+        uplink_opts("up"),
+        shutdown,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let peeks = queue.peek_count();
+    assert!(
+        peeks <= 3,
+        "an idle forwarder peeked {peeks} times in 300 ms"
+    );
+    trigger.fire();
+    fwd.await.expect("forwarder ends");
+}

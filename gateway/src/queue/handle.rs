@@ -17,6 +17,7 @@ use super::{AppendOutcome, Queue, QueueError, QueueStats, Queued};
 pub struct QueueHandle {
     inner: Arc<Mutex<Queue>>,
     committed: watch::Sender<u64>,
+    peeks: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl QueueHandle {
@@ -27,6 +28,7 @@ impl QueueHandle {
         QueueHandle {
             inner: Arc::new(Mutex::new(queue)),
             committed,
+            peeks: Arc::default(),
         }
     }
 
@@ -37,7 +39,11 @@ impl QueueHandle {
     {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            let mut q = inner.lock().map_err(|_| QueueError::Poisoned)?;
+            // A panic inside an earlier call rolled its transaction back; the queue is
+            // consistent, so carry on rather than fail every later call.
+            let mut q = inner
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             f(&mut q)
         })
         .await
@@ -52,10 +58,10 @@ impl QueueHandle {
     ) -> (Result<AppendOutcome, QueueError>, Vec<Reading>) {
         let inner = Arc::clone(&self.inner);
         let joined = tokio::task::spawn_blocking(move || {
-            let result = match inner.lock() {
-                Ok(mut q) => q.append(&readings),
-                Err(_) => Err(QueueError::Poisoned),
-            };
+            let result = inner
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .append(&readings);
             (result, readings)
         })
         .await;
@@ -70,13 +76,24 @@ impl QueueHandle {
                 }
                 (result, readings)
             }
-            Err(e) => (Err(QueueError::Task(e.to_string())), Vec::new()),
+            Err(e) => {
+                tracing::error!(error = %e, "the queue writer task failed; the readings of this batch are lost");
+                (Err(QueueError::Task(e.to_string())), Vec::new())
+            }
         }
     }
 
     /// Up to `limit` readings after `after`.
     pub async fn peek(&self, after: u64, limit: usize) -> Result<Vec<Queued>, QueueError> {
+        self.peeks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.with(move |q| q.peek(after, limit)).await
+    }
+
+    /// How many peeks were made through this queue (all handles): forwarders that wait
+    /// properly keep this flat while idle.
+    pub fn peek_count(&self) -> u64 {
+        self.peeks.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Acknowledges everything through `through` for `uplink`.
@@ -124,7 +141,9 @@ impl QueueHandle {
         let QueueHandle { inner, .. } = self;
         match Arc::try_unwrap(inner) {
             Ok(mutex) => {
-                let queue = mutex.into_inner().map_err(|_| QueueError::Poisoned)?;
+                let queue = mutex
+                    .into_inner()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 tokio::task::spawn_blocking(move || queue.close())
                     .await
                     .map_err(|e| QueueError::Task(e.to_string()))?

@@ -36,6 +36,8 @@ use serde::{Deserialize, Serialize};
 pub use handle::QueueHandle;
 use series::SeriesCache;
 
+use crate::throttle::Throttle;
+
 /// What a committed reading survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -106,9 +108,6 @@ pub enum QueueError {
     /// The database is not one this version understands.
     #[error("{0}")]
     Incompatible(String),
-    /// The queue's lock was poisoned by a panic in another task.
-    #[error("queue lock poisoned by an earlier panic")]
-    Poisoned,
     /// A blocking task failed to run.
     #[error("queue task failed: {0}")]
     Task(String),
@@ -195,6 +194,9 @@ mod opt_secs {
 
 const SCHEMA_VERSION: i64 = 1;
 
+/// Most dead letters kept; older ones are deleted (and logged).
+pub const DEAD_LETTER_CAP: i64 = 100_000;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -260,6 +262,10 @@ const Q_STALE: i64 = 2;
 #[derive(Debug)]
 pub struct Queue {
     conn: Connection,
+    /// An exclusive lock on `<path>.lock`, held while open: two writers on one queue would
+    /// hand out the same sequence ids.
+    _lock: std::fs::File,
+    drop_log: Throttle,
     path: PathBuf,
     opts: QueueOptions,
     series: SeriesCache,
@@ -283,6 +289,7 @@ impl Queue {
                 ))
             })?;
         }
+        let lock = lock_file(path)?;
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -321,6 +328,8 @@ impl Queue {
 
         let mut q = Queue {
             conn,
+            _lock: lock,
+            drop_log: Throttle::new(Duration::from_secs(10)),
             path: path.to_path_buf(),
             opts,
             series: SeriesCache::default(),
@@ -341,10 +350,11 @@ impl Queue {
             .prepare("SELECT uplink, acked FROM watermarks")?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
-        for (name, _) in &existing {
+        let mut removed = Vec::new();
+        for (name, acked) in &existing {
             if !uplinks.contains(&name.as_str()) {
-                tracing::info!(uplink = %name, "uplink no longer configured; forgetting its queue position");
                 tx.execute("DELETE FROM watermarks WHERE uplink = ?1", [name])?;
+                removed.push((name.clone(), *acked));
             }
         }
         self.watermarks.clear();
@@ -362,7 +372,19 @@ impl Queue {
             self.watermarks.insert((*name).to_string(), acked);
         }
         if let Some(low) = self.watermarks.values().min().copied() {
-            Self::delete_through(&tx, low)?;
+            let released = Self::delete_through(&tx, low)?;
+            tx.execute(
+                "UPDATE state SET delivered = delivered + ?1 WHERE id = 1",
+                [released as i64],
+            )?;
+            for (name, acked) in &removed {
+                tracing::warn!(
+                    uplink = %name,
+                    acked_through = acked,
+                    released_readings = released,
+                    "uplink removed from the config: its queue position is forgotten, and readings only it still needed are no longer kept"
+                );
+            }
         }
         tx.commit()?;
         Ok(())
@@ -432,6 +454,12 @@ impl Queue {
                     WhenFull::DropOldest => {
                         outcome.dropped_oldest =
                             Self::drop_oldest(&tx, used, max, readings.len() as u64)?;
+                        if let Some(n) = self
+                            .drop_log
+                            .hit(outcome.dropped_oldest, std::time::Instant::now())
+                        {
+                            tracing::error!(dropped = n, max_bytes = max, "queue full: dropped the oldest readings (when_full = \"drop_oldest\")");
+                        }
                     }
                 }
             }
@@ -487,11 +515,6 @@ impl Queue {
             "UPDATE state SET dropped_oldest = dropped_oldest + ?1 WHERE id = 1",
             [dropped as i64],
         )?;
-        tracing::warn!(
-            dropped,
-            max_bytes = max,
-            "queue full: dropped the oldest readings (when_full = \"drop_oldest\")"
-        );
         Ok(dropped)
     }
 
@@ -535,7 +558,9 @@ impl Queue {
                 "UPDATE state SET dropped_age = dropped_age + ?1 WHERE id = 1",
                 [dropped as i64],
             )?;
-            tracing::warn!(dropped, max_age = %humantime::format_duration(max_age), "dropped readings older than queue.max_age");
+            if let Some(n) = self.drop_log.hit(dropped, std::time::Instant::now()) {
+                tracing::error!(dropped = n, max_age = %humantime::format_duration(max_age), "dropped readings older than queue.max_age");
+            }
         }
         tx.commit()?;
         Ok(dropped)
@@ -612,7 +637,20 @@ impl Queue {
             "UPDATE state SET dead_letters = dead_letters + ?1 WHERE id = 1",
             [n as i64],
         )?;
+        // Dead letters live in the same file as the queue: keep only the newest ones, so a
+        // misconfigured uplink cannot fill `max_bytes` with them.
+        let pruned = tx.execute(
+            "DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - ?1",
+            [DEAD_LETTER_CAP],
+        )?;
         tx.commit()?;
+        if pruned > 0 {
+            tracing::error!(
+                pruned,
+                kept = DEAD_LETTER_CAP,
+                "dead-letter table full: the oldest dead letters were deleted"
+            );
+        }
         Ok(())
     }
 
@@ -792,6 +830,36 @@ fn stats(conn: &Connection, path: &Path, now: SystemTime) -> Result<QueueStats, 
         })?
         .collect::<Result<_, _>>()?;
     Ok(s)
+}
+
+/// Takes an exclusive lock on `<path>.lock`, or says who holds it.
+fn lock_file(path: &Path) -> Result<std::fs::File, QueueError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            QueueError::Incompatible(format!(
+                "cannot open lock file {}: {e}",
+                lock_path.display()
+            ))
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(QueueError::Incompatible(format!(
+            "queue {} is in use by another fieldgate process (it holds {}); two gateways must not share a queue",
+            path.display(),
+            lock_path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(QueueError::Incompatible(format!(
+            "cannot lock {}: {e}",
+            lock_path.display()
+        ))),
+    }
 }
 
 /// Bytes of the database, its WAL and shared-memory index.

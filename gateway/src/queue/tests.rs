@@ -284,6 +284,48 @@ fn inspector_reads_beside_a_writer() {
     assert!(Inspector::open(&dir.path().join("missing.db")).is_err());
 }
 
+/// Regression: a second gateway on the same queue handed out the same sequence ids as the
+/// first (each cached `next_seq`); the second now fails to open, naming the lock.
+#[test]
+fn a_second_writer_on_the_same_queue_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = open(dir.path(), QueueOptions::default(), &["up"]);
+    let err = Queue::open(&dir.path().join("q.db"), QueueOptions::default(), &["up"])
+        .expect_err("locked");
+    assert!(
+        err.to_string()
+            .contains("in use by another fieldgate process"),
+        "{err}"
+    );
+    drop(first);
+    let _again = open(dir.path(), QueueOptions::default(), &["up"]);
+}
+
+#[test]
+fn dead_letters_are_capped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut q = open(dir.path(), QueueOptions::default(), &["up"]);
+    q.append(&[reading("p", Value::I64(1))]).expect("append");
+    q.conn
+        .execute(
+            "INSERT INTO dead_letters (uplink, seq, series, ts, kind, value, error, failed_ms)
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+             SELECT 'up', i, 1, 0, 1, i, 'old', 0 FROM n",
+            [DEAD_LETTER_CAP],
+        )
+        .expect("fill");
+    q.dead_letter("up", &[1], "new").expect("dead letter");
+    let (n, newest): (i64, String) = q
+        .conn
+        .query_row("SELECT count(*), (SELECT error FROM dead_letters ORDER BY id DESC LIMIT 1) FROM dead_letters", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("count");
+    assert_eq!(
+        (n, newest.as_str()),
+        (DEAD_LETTER_CAP, "new"),
+        "the oldest went, the newest stayed"
+    );
+}
+
 #[test]
 fn a_database_from_the_future_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");

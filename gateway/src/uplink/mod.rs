@@ -165,8 +165,12 @@ pub async fn forwarder(
     // Where the next batch is peeked from: ahead of `cursor` while batches are in flight.
     let mut next = cursor;
     loop {
-        // Fill the window.
+        // Fill the window. `seen` is the last committed id before the peek: an empty peek
+        // means everything up to it is sent or gone (expired rows leave no trace), so the
+        // forwarder then sleeps until something newer than `seen` is committed.
+        let mut seen = next;
         while inflight.len() < window && !shutdown.is_fired() {
+            seen = seen.max(*committed.borrow_and_update());
             let items = match queue.peek(next, opts.batch_size).await {
                 Ok(items) => items,
                 Err(e) => {
@@ -221,7 +225,7 @@ pub async fn forwarder(
             // Nothing in flight and nothing queued: sleep until a commit or shutdown.
             tokio::select! {
                 () = shutdown.fired() => break,
-                changed = committed.wait_for(|&last| last > next) => {
+                changed = committed.wait_for(|&last| last > seen.max(next)) => {
                     if changed.is_err() { break; }
                 }
             }
