@@ -122,7 +122,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let env: Vec<(String, String)> = std::env::vars().collect();
+    // vars() would panic on a variable that is not UTF-8; such a variable cannot be one of
+    // ours, so it is skipped.
+    let env: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
     match dispatch(cli, &env) {
         Ok(code) => code,
         Err(e) => {
@@ -229,6 +233,9 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
                     anyhow::bail!("--durability must be crash, power-loss or both, not `{other}`")
                 }
             };
+            if readings == 0 || batch == 0 {
+                anyhow::bail!("--readings and --batch must be at least 1");
+            }
             let opts = bench::BenchOptions {
                 readings,
                 durabilities,
@@ -273,7 +280,7 @@ fn queue_command(cmd: QueueCommand, env: &[(String, String)]) -> anyhow::Result<
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
-                println!("queue {}", path.display());
+                println!("queue {} (queue_id {})", path.display(), stats.queue_id);
                 println!(
                     "  depth          {} readings (seq {} .. {})",
                     stats.depth,
@@ -329,7 +336,11 @@ fn queue_command(cmd: QueueCommand, env: &[(String, String)]) -> anyhow::Result<
             } else {
                 LogFormat::Text
             };
-            let text = payload::render_lines(format, &config.gateway.id, &ins.peek(after, limit)?);
+            let origin = payload::Origin {
+                gateway: &config.gateway.id,
+                queue_id: &stats.queue_id,
+            };
+            let text = payload::render_lines(format, origin, &ins.peek(after, limit)?);
             std::io::Write::write_all(&mut std::io::stdout().lock(), &text)?;
         }
     }

@@ -3,7 +3,7 @@
 //! Format version 1, one object per reading (documented in `docs/payload.md`):
 //!
 //! ```json
-//! {"v":1,"gateway":"site-01","seq":42,"adapter":"sim","device":"pump-1","point":"temperature",
+//! {"v":1,"gateway":"site-01","queue_id":"5b9e0d7c1a2f3e44","seq":42,"adapter":"sim","device":"pump-1","point":"temperature",
 //!  "ts":"2026-11-21T06:00:00.123456Z","type":"float","value":21.5,"unit":"°C","quality":"good"}
 //! ```
 
@@ -18,9 +18,19 @@ use crate::queue::Queued;
 /// The payload format version written in `"v"`.
 pub const VERSION: u32 = 1;
 
+/// Where readings come from: the gateway's id and its queue database's id.
+/// `(queue_id, seq)` identifies a reading for de-duplication.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// `[gateway] id`.
+    pub gateway: &'a str,
+    /// The queue database's random id.
+    pub queue_id: &'a str,
+}
+
 /// Appends `q` as one JSON object (no newline) to `out`.
-pub fn write_json(out: &mut Vec<u8>, gateway: &str, q: &Queued) {
-    write_object(out, q, Some(gateway));
+pub fn write_json(out: &mut Vec<u8>, origin: Origin<'_>, q: &Queued) {
+    write_object(out, q, Some(origin));
 }
 
 /// Appends `q` as a JSON object inside a batch envelope that already names the gateway,
@@ -29,15 +39,16 @@ pub fn write_batch_item(out: &mut Vec<u8>, q: &Queued) {
     write_object(out, q, None);
 }
 
-fn write_object(out: &mut Vec<u8>, q: &Queued, header: Option<&str>) {
+fn write_object(out: &mut Vec<u8>, q: &Queued, header: Option<Origin<'_>>) {
     let r = &q.reading;
     let mut ser = serde_json::Serializer::new(&mut *out);
     // Writing into a Vec cannot fail, and every field is a plain string or number.
     let result: Result<(), serde_json::Error> = (|| {
         let mut m = ser.serialize_map(None)?;
-        if let Some(gateway) = header {
+        if let Some(origin) = header {
             m.serialize_entry("v", &VERSION)?;
-            m.serialize_entry("gateway", gateway)?;
+            m.serialize_entry("gateway", origin.gateway)?;
+            m.serialize_entry("queue_id", origin.queue_id)?;
         }
         m.serialize_entry("seq", &q.seq)?;
         if header.is_some() {
@@ -119,12 +130,12 @@ pub fn write_text(out: &mut Vec<u8>, q: &Queued) {
 }
 
 /// Readings as lines of text or JSON, each ending in a newline.
-pub fn render_lines(format: LogFormat, gateway: &str, items: &[Queued]) -> Vec<u8> {
+pub fn render_lines(format: LogFormat, origin: Origin<'_>, items: &[Queued]) -> Vec<u8> {
     let mut out = Vec::with_capacity(items.len() * 160);
     for q in items {
         match format {
             LogFormat::Text => write_text(&mut out, q),
-            LogFormat::Json => write_json(&mut out, gateway, q),
+            LogFormat::Json => write_json(&mut out, origin, q),
         }
         out.push(b'\n');
     }
@@ -179,7 +190,14 @@ mod tests {
             .with_quality(quality),
         };
         let mut out = Vec::new();
-        write_json(&mut out, "site-01", &q);
+        write_json(
+            &mut out,
+            Origin {
+                gateway: "site-01",
+                queue_id: "00c0ffee00c0ffee",
+            },
+            &q,
+        );
         serde_json::from_slice(&out).expect("valid JSON")
     }
 
@@ -188,7 +206,7 @@ mod tests {
         let v = json(Value::F64(21.5), Quality::Good);
         assert_eq!(
             v,
-            serde_json::json!({"v":1,"gateway":"site-01","seq":42,"adapter":"sim","device":"pump-1","point":"t",
+            serde_json::json!({"v":1,"gateway":"site-01","queue_id":"00c0ffee00c0ffee","seq":42,"adapter":"sim","device":"pump-1","point":"t",
                 "ts":"2025-11-21T06:00:00.123456Z","type":"float","value":21.5,"unit":"°C","quality":"good"})
         );
         let v = json(Value::F64(f64::NAN), Quality::Stale("timeout".into()));
@@ -223,7 +241,10 @@ mod tests {
         };
         let out = render_lines(
             LogFormat::Text,
-            "gw",
+            Origin {
+                gateway: "gw",
+                queue_id: "q",
+            },
             &[q(Quality::Good), q(Quality::Stale("timeout".into()))],
         );
         assert_eq!(

@@ -47,11 +47,11 @@ pub enum PipelineError {
 /// Tunables of the pipeline that are not in the config file.
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {
-    /// How long adapters get to stop after shutdown fires.
+    /// How long the adapters (together) get to stop after shutdown fires.
     pub adapter_grace: Duration,
     /// How long the writer gets to commit what is in memory.
     pub writer_grace: Duration,
-    /// How long forwarders get to finish the send in progress.
+    /// How long the forwarders (together) get to settle what is in flight.
     pub forwarder_grace: Duration,
     /// First delay before restarting a failed adapter.
     pub restart_min: Duration,
@@ -266,9 +266,7 @@ impl Running {
         } = self;
         tracing::info!("stopping adapters");
         adapters_stop.fire();
-        for s in supervisors {
-            join_within(s, opts.adapter_grace, "adapter").await;
-        }
+        join_all_within(supervisors, opts.adapter_grace, "adapter").await;
         if let Ok(mut r) = routes.lock() {
             r.clear();
         }
@@ -295,9 +293,7 @@ impl Running {
         };
         tracing::info!("stopping uplinks");
         forwarders_stop.fire();
-        for f in forwarders {
-            join_within(f, opts.forwarder_grace, "uplink").await;
-        }
+        join_all_within(forwarders, opts.forwarder_grace, "uplink").await;
         let path = match queue.stats().await {
             Ok(s) => {
                 tracing::info!(
@@ -319,17 +315,22 @@ impl Running {
     }
 }
 
-async fn join_within(handle: JoinHandle<()>, grace: Duration, what: &str) {
-    let abort = handle.abort_handle();
-    match tokio::time::timeout(grace, handle).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) if e.is_panic() => {
-            tracing::error!(error = %e, "{what} task panicked during shutdown")
-        }
-        Ok(Err(_)) => {}
-        Err(_) => {
-            tracing::warn!(grace = ?grace, "{what} did not stop in time; aborting it");
-            abort.abort();
+/// Waits for all `handles` within one shared `grace` (they stop concurrently), aborting
+/// whatever is still running at the deadline.
+async fn join_all_within(handles: Vec<JoinHandle<()>>, grace: Duration, what: &str) {
+    let deadline = tokio::time::Instant::now() + grace;
+    for handle in handles {
+        let abort = handle.abort_handle();
+        match tokio::time::timeout_at(deadline, handle).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.is_panic() => {
+                tracing::error!(error = %e, "{what} task panicked during shutdown")
+            }
+            Ok(Err(_)) => {}
+            Err(_) => {
+                tracing::warn!(grace = ?grace, "{what} did not stop in time; aborting it");
+                abort.abort();
+            }
         }
     }
 }

@@ -143,6 +143,23 @@ impl SimulatorConfig {
             let mut names = std::collections::HashSet::new();
             for (p, point) in dev.points.iter().enumerate() {
                 let key = |k: &str| format!("devices[{d}].points[{p}].{k}");
+                if point.name.trim().is_empty() {
+                    problems.push(ConfigProblem::new(key("name"), "must not be empty"));
+                }
+                if point.count == Some(0) {
+                    problems.push(ConfigProblem::new(
+                        key("count"),
+                        "must be at least 1 (leave it out for no limit)",
+                    ));
+                }
+                for (k, v) in [("min", point.min), ("max", point.max), ("step", point.step)] {
+                    if !v.is_finite() {
+                        problems.push(ConfigProblem::new(
+                            key(k),
+                            format!("must be a finite number, not {v}"),
+                        ));
+                    }
+                }
                 if !names.insert(point.name.as_str()) {
                     problems.push(ConfigProblem::new(
                         key("name"),

@@ -153,6 +153,25 @@ fn validation_names_every_bad_key() {
     );
 }
 
+/// Regression: NaN bounds passed `min > max` and then panicked in `clamp` in a restart loop;
+/// `count = 0` overflowed.
+#[test]
+fn values_that_break_at_runtime_are_refused() {
+    let mut nan = point("", WaveformKind::RandomWalk, 1000);
+    nan.min = f64::NAN;
+    nan.count = Some(0);
+    let problems = config(vec![nan]).validate(Path::new("."));
+    let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "devices[0].points[0].name",
+            "devices[0].points[0].count",
+            "devices[0].points[0].min"
+        ]
+    );
+}
+
 #[tokio::test]
 async fn commands_are_refused_with_a_reason() {
     let cfg = config(vec![point("p", WaveformKind::Counter, 3_600_000)]);

@@ -82,7 +82,15 @@ async fn bare_publisher(
         .zip(1..)
         .map(|(reading, seq)| Queued { seq, reading })
         .collect();
-    let (messages, _) = build_messages(s, "bench", &items, false);
+    let (messages, _) = build_messages(
+        s,
+        crate::payload::Origin {
+            gateway: "bench",
+            queue_id: "0000000000000000",
+        },
+        &items,
+        false,
+    );
     let settings = s.clone();
     let rounds = n.div_ceil(batch as u64);
     let total = rounds * messages.len() as u64;
@@ -106,7 +114,16 @@ async fn bare_publisher(
         for _ in 0..rounds {
             let built;
             let round = if encode {
-                built = build_messages(&settings, "bench", &items, false).0;
+                built = build_messages(
+                    &settings,
+                    crate::payload::Origin {
+                        gateway: "bench",
+                        queue_id: "0000000000000000",
+                    },
+                    &items,
+                    false,
+                )
+                .0;
                 &built
             } else {
                 &messages

@@ -150,30 +150,45 @@ impl Collector {
         let env_var = self
             .env_keys
             .iter()
-            .find(|(k, _)| key.starts_with(k))
+            .find(|(k, _)| key.starts_with(k) || (!key.0.is_empty() && k.starts_with(&key)))
             .map(|(_, v)| v.clone());
         let line = if env_var.is_some() {
             None
         } else {
             self.lines.line_of(&key)
         };
+        let mut message = message.into();
+        if env_var.is_some() && message.contains("a string in quotes") {
+            // FIELDGATE_GATEWAY__ID=1234 is read as a number.
+            message.push_str("; in an environment variable, quote it: VAR='\"1234\"'");
+        }
         self.errors.push(ConfigError {
             file: self.file.clone(),
             line,
             env_var,
             key,
-            message: message.into(),
+            message,
         });
     }
 
     /// Deserializes `T` from `value` (found at `at`), recording every error it can find.
     /// Returns `None` if there was any.
     pub fn extract<T: DeserializeOwned>(&mut self, value: &Value, at: &KeyPath) -> Option<T> {
+        self.extract_with(value, at, Extract::default())
+    }
+
+    /// [`Collector::extract`] with options.
+    pub fn extract_with<T: DeserializeOwned>(
+        &mut self,
+        value: &Value,
+        at: &KeyPath,
+        how: Extract,
+    ) -> Option<T> {
         let mut value = value.clone();
         let mut removed: Vec<KeyPath> = Vec::new();
         for _ in 0..64 {
             let err = match serde_path_to_error::deserialize::<_, T>(&value) {
-                Ok(t) => return removed.is_empty().then_some(t),
+                Ok(t) => return (how.lenient || removed.is_empty()).then_some(t),
                 Err(e) => e,
             };
             let mut path = at.clone();
@@ -191,7 +206,13 @@ impl Collector {
                     if path.0.last() != Some(&Seg::Key(name.clone())) {
                         path.0.push(Seg::Key(name.clone()));
                     }
-                    self.push(path.clone(), unknown_key_message(name, expected));
+                    // Keys taken by the enclosing entry (`id`, `type`, an uplink's common
+                    // keys) are valid too, and belong in the suggestion.
+                    let mut all: Vec<&str> = expected.to_vec();
+                    if path.0.len() == at.0.len() + 1 {
+                        all.extend_from_slice(how.also_expected);
+                    }
+                    self.push(path.clone(), unknown_key_message(name, &all));
                     path
                 }
                 Kind::MissingField(name) => {
@@ -219,6 +240,16 @@ impl Collector {
         }
         None
     }
+}
+
+/// Options of [`Collector::extract_with`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extract {
+    /// Return the value even after errors (with the bad keys removed and their defaults in
+    /// place), so the rest of it can still be checked. The errors are recorded either way.
+    pub lenient: bool,
+    /// More valid keys at this level, for "expected one of" and "did you mean".
+    pub also_expected: &'static [&'static str],
 }
 
 fn unknown_key_message(name: &str, expected: &[&str]) -> String {
@@ -261,6 +292,8 @@ fn human_type(expected: &str) -> &str {
         "f32" | "f64" => "a number",
         "a boolean" | "bool" => "true or false",
         "a string" | "string" => "a string in quotes",
+        other if other.starts_with("struct ") => "a table (a [section] or { key = value })",
+        other if other.starts_with("a sequence") || other == "a sequence" => "a list [ ... ]",
         other => other,
     }
 }

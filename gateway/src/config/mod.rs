@@ -30,7 +30,7 @@ use fieldgate_simulator::SimulatorConfig;
 use figment::value::Value;
 use serde::Deserialize;
 
-pub use load::{ConfigError, ConfigErrors, KeyPath, Seg, ENV_PREFIX};
+pub use load::{ConfigError, ConfigErrors, Extract, KeyPath, Seg, ENV_PREFIX};
 pub use units::{ByteSize, Secret, SecretSource};
 
 use crate::queue::{Durability, QueueOptions, WhenFull};
@@ -251,6 +251,23 @@ struct UplinkCommon {
 }
 
 const UPLINK_COMMON_KEYS: &[&str] = &["adapters", "batch_size", "retry_min", "retry_max"];
+/// Every key an `[[uplinks]]` entry takes besides its kind's own.
+const UPLINK_ENTRY_KEYS: &[&str] = &[
+    "id",
+    "type",
+    "adapters",
+    "batch_size",
+    "retry_min",
+    "retry_max",
+];
+const LENIENT: Extract = Extract {
+    lenient: true,
+    also_expected: &[],
+};
+const ADAPTER_KEYS: Extract = Extract {
+    lenient: false,
+    also_expected: &["id", "type"],
+};
 
 const fn default_uplink_batch() -> usize {
     1000
@@ -362,13 +379,16 @@ impl Config {
         let mut c = loaded.collector;
         let base_dir = loaded.base_dir;
         let root = KeyPath::default();
-        let raw: RawConfig = c.extract(&loaded.value, &root).unwrap_or(RawConfig {
-            gateway: None,
-            log: None,
-            queue: None,
-            adapters: Vec::new(),
-            uplinks: Vec::new(),
-        });
+        // Leniently: a typo at the top level must not hide the sections that are fine.
+        let raw: RawConfig = c
+            .extract_with(&loaded.value, &root, LENIENT)
+            .unwrap_or(RawConfig {
+                gateway: None,
+                log: None,
+                queue: None,
+                adapters: Vec::new(),
+                uplinks: Vec::new(),
+            });
         let gateway = section::<GatewaySection>(&mut c, raw.gateway.as_ref(), "gateway");
         let log = section::<LogSection>(&mut c, raw.log.as_ref(), "log");
         let queue = section::<QueueSection>(&mut c, raw.queue.as_ref(), "queue");
@@ -389,8 +409,15 @@ impl Config {
             base: &base_dir,
             env,
         };
+        let mut files: Vec<(PathBuf, KeyPath)> = Vec::new();
         for (i, entry) in raw.uplinks.iter().enumerate() {
             if let Some(u) = uplink(&mut c, entry, &root.key("uplinks").index(i), &ctx) {
+                if let UplinkConfig::File(f) = &u.kind {
+                    files.push((
+                        base_dir.join(&f.path),
+                        root.key("uplinks").index(i).key("path"),
+                    ));
+                }
                 uplinks.push(u);
             }
         }
@@ -434,6 +461,26 @@ impl Config {
                             ),
                         );
                     }
+                }
+            }
+        }
+
+        if let (Some(g), Some(q)) = (&gateway, &queue) {
+            // Two writers on one file would interleave JSON into each other, or into SQLite.
+            let queue_file = match &q.path {
+                Some(p) => base_dir.join(p),
+                None => base_dir.join(&g.data_dir).join("queue.db"),
+            };
+            let mut taken: Vec<(PathBuf, KeyPath)> =
+                vec![(queue_file, root.key("queue").key("path"))];
+            for (path, key) in files {
+                if let Some((_, first)) = taken.iter().find(|(p, _)| *p == path) {
+                    c.push(
+                        key.clone(),
+                        format!("{} is already written by {first}", path.display()),
+                    );
+                } else {
+                    taken.push((path, key));
                 }
             }
         }
@@ -497,7 +544,8 @@ fn section<T: serde::de::DeserializeOwned + Default>(
 ) -> Option<T> {
     match v {
         None => Some(T::default()),
-        Some(v) => c.extract(v, &KeyPath::default().key(name)),
+        // Leniently, so that the keys that parsed are still range-checked.
+        Some(v) => c.extract_with(v, &KeyPath::default().key(name), LENIENT),
     }
 }
 
@@ -650,7 +698,7 @@ fn adapter(c: &mut Collector, entry: &Value, at: &KeyPath, base: &Path) -> Optio
     let (id, ty, _, rest) = split_entry(c, entry, at, "adapter", AdapterConfig::TYPES, &[])?;
     let kind = match ty.as_str() {
         "simulator" => {
-            let cfg: SimulatorConfig = c.extract(&rest, at)?;
+            let cfg: SimulatorConfig = c.extract_with(&rest, at, ADAPTER_KEYS)?;
             let problems = cfg.validate(base);
             if !problems.is_empty() {
                 for p in problems {
@@ -687,24 +735,31 @@ fn uplink(
         UPLINK_COMMON_KEYS,
     )?;
     let common: Option<UplinkCommon> = c.extract(&common, at);
+    let kind_keys = Extract {
+        lenient: false,
+        also_expected: UPLINK_ENTRY_KEYS,
+    };
     let kind = match ty.as_str() {
-        "file" => c.extract::<FileUplinkConfig>(&rest, at).and_then(|f| {
-            let mut ok = true;
-            if f.max_file_size.0 < 4096 {
-                c.push(at.key("max_file_size"), "must be at least 4KiB");
-                ok = false;
-            }
-            if f.max_files > 1000 {
-                c.push(at.key("max_files"), "must be at most 1000");
-                ok = false;
-            }
-            ok.then_some(UplinkConfig::File(f))
-        }),
+        "file" => c
+            .extract_with::<FileUplinkConfig>(&rest, at, kind_keys)
+            .and_then(|f| {
+                let mut ok = true;
+                if f.max_file_size.0 < 4096 {
+                    c.push(at.key("max_file_size"), "must be at least 4KiB");
+                    ok = false;
+                }
+                if f.max_files > 1000 {
+                    c.push(at.key("max_files"), "must be at most 1000");
+                    ok = false;
+                }
+                ok.then_some(UplinkConfig::File(f))
+            }),
         "console" => c
-            .extract::<ConsoleUplinkConfig>(&rest, at)
+            .extract_with::<ConsoleUplinkConfig>(&rest, at, kind_keys)
             .map(UplinkConfig::Console),
-        "mqtt" => c.extract::<MqttUplinkConfig>(&rest, at).and_then(|m| {
-            match m.settings(ctx.gateway, ctx.base, ctx.env) {
+        "mqtt" => c
+            .extract_with::<MqttUplinkConfig>(&rest, at, kind_keys)
+            .and_then(|m| match m.settings(ctx.gateway, ctx.base, ctx.env) {
                 Ok(s) => Some(UplinkConfig::Mqtt(Box::new(s))),
                 Err(problems) => {
                     for p in problems {
@@ -712,12 +767,18 @@ fn uplink(
                     }
                     None
                 }
-            }
-        }),
+            }),
         _ => None,
     };
     let common = common?;
     let mut ok = true;
+    if common.adapters.as_ref().is_some_and(Vec::is_empty) {
+        c.push(
+            at.key("adapters"),
+            "an empty list would carry nothing; leave `adapters` out to carry every adapter's readings",
+        );
+        ok = false;
+    }
     if common.batch_size == 0 || common.batch_size > 100_000 {
         c.push(
             at.key("batch_size"),

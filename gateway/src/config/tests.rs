@@ -130,7 +130,7 @@ adapters = ["sim", "nope"]
         "/etc/fieldgate/site.toml:24: adapters[1].type: unknown adapter type `gps`; expected one of: \"simulator\"",
         "/etc/fieldgate/site.toml:26: uplinks[0].path: missing required key `path`",
         "/etc/fieldgate/site.toml:23: adapters[1].id: id `sim` is already used by adapters[0]",
-        "/etc/fieldgate/site.toml:29: uplinks[0].adapters[1]: no adapter has id `nope`; known: sim",
+        "/etc/fieldgate/site.toml:29: uplinks[0].adapters[1]: no adapter has id `nope`; known: sim",        "/etc/fieldgate/site.toml:6: queue.flush_interval: must be greater than zero and at most 60s, like \"200ms\"",
     ];
     for line in &expected {
         assert!(
@@ -139,7 +139,6 @@ adapters = ["sim", "nope"]
             got.join("\n  ")
         );
     }
-    // queue.flush_interval is only range-checked once the section parses; the rest is all.
     assert_eq!(got.len(), expected.len(), "got:\n  {}", got.join("\n  "));
 }
 
@@ -208,4 +207,83 @@ fn key_paths_parse_and_print() {
         .index(0)
         .join_str("devices[1].points[2].interval");
     assert_eq!(p.to_string(), "adapters[0].devices[1].points[2].interval");
+}
+
+/// Regression: a typo at the top level made the whole file look empty, so `check` reported
+/// "no adapters configured" for a file full of them and skipped every other section.
+#[test]
+fn a_top_level_typo_does_not_hide_the_rest() {
+    let got = errors(
+        &format!("{MINIMAL}\n[queu]\nbatch_size = 5\n[queue]\nbatch_size = 0\n"),
+        &[],
+    );
+    assert_eq!(
+        got,
+        [
+            "/etc/fieldgate/site.toml:17: queu: unknown key `queu`; did you mean `queue`?",
+            "/etc/fieldgate/site.toml:20: queue.batch_size: must be between 1 and 100000, not 0",
+        ]
+    );
+    let got = errors(MINIMAL, &[("FIELDGATE_QUEU__BATCH_SIZE", "5")]);
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].starts_with("environment variable FIELDGATE_QUEU__BATCH_SIZE: queu: unknown key"),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn uplink_entries_suggest_their_common_keys_and_refuse_empty_filters() {
+    let got = errors(
+        &MINIMAL.replace(
+            "path = \"out.jsonl\"",
+            "path = \"out.jsonl\"\nbatch_sise = 10\nadapters = []",
+        ),
+        &[],
+    );
+    assert!(
+        got.iter().any(|l| l.contains(
+            "uplinks[0].batch_sise: unknown key `batch_sise`; did you mean `batch_size`?"
+        )),
+        "{got:?}"
+    );
+    let got = errors(
+        &MINIMAL.replace(
+            "path = \"out.jsonl\"",
+            "path = \"out.jsonl\"\nadapters = []",
+        ),
+        &[],
+    );
+    assert!(
+        got.iter()
+            .any(|l| l.contains("uplinks[0].adapters: an empty list would carry nothing")),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn two_writers_on_one_file_are_refused() {
+    let dup =
+        format!("{MINIMAL}\n[[uplinks]]\nid = \"again\"\ntype = \"file\"\npath = \"out.jsonl\"\n");
+    let got = errors(&dup, &[]);
+    assert_eq!(got, ["/etc/fieldgate/site.toml:20: uplinks[1].path: /etc/fieldgate/out.jsonl is already written by uplinks[0].path"]);
+    let into_queue = MINIMAL.replace(
+        "path = \"out.jsonl\"",
+        "path = \"/var/lib/fieldgate/queue.db\"",
+    );
+    let got = errors(&into_queue, &[]);
+    assert!(
+        got[0].contains(
+            "uplinks[0].path: /var/lib/fieldgate/queue.db is already written by queue.path"
+        ),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn type_names_are_said_in_words() {
+    let got = errors(&format!("gateway = 5\n{MINIMAL}"), &[]);
+    assert!(got[0].contains("gateway: expected a table"), "{got:?}");
+    let got = errors(MINIMAL, &[("FIELDGATE_GATEWAY__ID", "1234")]);
+    assert!(got[0].contains("quote it"), "{got:?}");
 }

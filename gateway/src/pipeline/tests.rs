@@ -304,3 +304,38 @@ async fn an_idle_forwarder_does_not_spin_after_rows_expired() {
     trigger.fire();
     fwd.await.expect("forwarder ends");
 }
+
+/// Regression: an adapter that ignores shutdown kept its reading sender alive in a detached
+/// task, so the writer never saw the channel close and stop() never returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_returns_even_if_an_adapter_ignores_shutdown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), "");
+    let stubborn: AdapterFactory = Box::new(|| {
+        Ok(Box::new(FnAdapter(|ctx: AdapterContext| async move {
+            ctx.readings.send(reading("s", 1)).await?;
+            std::future::pending::<()>().await;
+            Ok(())
+        })) as Box<dyn Adapter>)
+    });
+    let parts = Parts {
+        adapters: vec![("s".into(), stubborn)],
+        uplinks: vec![(uplink_opts("rec"), Box::new(Recorder::default()))],
+    };
+    let opts = PipelineOptions {
+        adapter_grace: Duration::from_millis(100),
+        writer_grace: Duration::from_millis(100),
+        forwarder_grace: Duration::from_millis(100),
+        ..fast()
+    };
+    let running = start_with(&cfg, parts, opts).await.expect("starts");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let report = tokio::time::timeout(Duration::from_secs(10), running.stop())
+        .await
+        .expect("stop() returns")
+        .expect("stops");
+    assert_eq!(
+        report.committed, 1,
+        "the reading sent before shutdown is committed"
+    );
+}

@@ -18,17 +18,20 @@ pub struct QueueHandle {
     inner: Arc<Mutex<Queue>>,
     committed: watch::Sender<u64>,
     peeks: Arc<std::sync::atomic::AtomicU64>,
+    instance: Arc<str>,
 }
 
 impl QueueHandle {
     /// Wraps an open queue.
     pub fn new(queue: Queue) -> Self {
         let last = queue.next_seq() - 1;
+        let instance = Arc::from(queue.instance());
         let (committed, _) = watch::channel(last);
         QueueHandle {
             inner: Arc::new(Mutex::new(queue)),
             committed,
             peeks: Arc::default(),
+            instance,
         }
     }
 
@@ -81,6 +84,11 @@ impl QueueHandle {
                 (Err(QueueError::Task(e.to_string())), Vec::new())
             }
         }
+    }
+
+    /// The queue database's id (see [`Queue::instance`]).
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// Up to `limit` readings after `after`.

@@ -136,6 +136,8 @@ pub struct AppendOutcome {
 /// Counters and gauges of a queue, as `fieldgate queue stats` prints them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct QueueStats {
+    /// The queue database's random id (payloads carry it as `queue_id`).
+    pub queue_id: String,
     /// Readings waiting for at least one uplink.
     pub depth: u64,
     /// Sequence id of the oldest queued reading.
@@ -206,7 +208,8 @@ CREATE TABLE IF NOT EXISTS state (
     dropped_age INTEGER NOT NULL DEFAULT 0,
     dropped_oldest INTEGER NOT NULL DEFAULT 0,
     dropped_newest INTEGER NOT NULL DEFAULT 0,
-    dead_letters INTEGER NOT NULL DEFAULT 0
+    dead_letters INTEGER NOT NULL DEFAULT 0,
+    instance TEXT NOT NULL DEFAULT ''
 );
 INSERT OR IGNORE INTO state (id, next_seq) VALUES (1, 1);
 CREATE TABLE IF NOT EXISTS series (
@@ -266,6 +269,7 @@ pub struct Queue {
     /// hand out the same sequence ids.
     _lock: std::fs::File,
     drop_log: Throttle,
+    instance: String,
     path: PathBuf,
     opts: QueueOptions,
     series: SeriesCache,
@@ -322,6 +326,14 @@ impl Queue {
 
         let next_seq: i64 =
             conn.query_row("SELECT next_seq FROM state WHERE id = 1", [], |r| r.get(0))?;
+        // A random id of this queue database, stored once: sequence ids restart at 1 in a
+        // new database (a new SD card, another data_dir), and (queue_id, seq) stays unique.
+        let mut instance: String =
+            conn.query_row("SELECT instance FROM state WHERE id = 1", [], |r| r.get(0))?;
+        if instance.is_empty() {
+            instance = format!("{:016x}", fastrand::u64(..));
+            conn.execute("UPDATE state SET instance = ?1 WHERE id = 1", [&instance])?;
+        }
         let max_seq: Option<i64> =
             conn.query_row("SELECT max(seq) FROM readings", [], |r| r.get(0))?;
         let next_seq = u64::try_from(next_seq.max(max_seq.unwrap_or(0) + 1)).unwrap_or(1);
@@ -330,6 +342,7 @@ impl Queue {
             conn,
             _lock: lock,
             drop_log: Throttle::new(Duration::from_secs(10)),
+            instance,
             path: path.to_path_buf(),
             opts,
             series: SeriesCache::default(),
@@ -398,6 +411,12 @@ impl Queue {
     /// The options it was opened with.
     pub fn options(&self) -> &QueueOptions {
         &self.opts
+    }
+
+    /// This queue database's random id (16 hex digits), carried in every payload beside the
+    /// sequence ids.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// The sequence id the next appended reading will get.
@@ -796,7 +815,7 @@ fn stats(conn: &Connection, path: &Path, now: SystemTime) -> Result<QueueStats, 
         None => None,
     };
     let mut s = conn.query_row(
-        "SELECT appended, delivered, dropped_age, dropped_oldest, dropped_newest, dead_letters FROM state WHERE id = 1",
+        "SELECT appended, delivered, dropped_age, dropped_oldest, dropped_newest, dead_letters, instance FROM state WHERE id = 1",
         [],
         |r| {
             Ok(QueueStats {
@@ -806,6 +825,7 @@ fn stats(conn: &Connection, path: &Path, now: SystemTime) -> Result<QueueStats, 
                 dropped_oldest: r.get::<_, i64>(3)? as u64,
                 dropped_newest: r.get::<_, i64>(4)? as u64,
                 dead_letters: r.get::<_, i64>(5)? as u64,
+                queue_id: r.get(6)?,
                 ..QueueStats::default()
             })
         },

@@ -46,6 +46,26 @@ fn every_value_kind_and_quality_round_trips() {
 }
 
 #[test]
+fn each_database_has_its_own_stable_id() {
+    let a = tempfile::tempdir().expect("tempdir");
+    let b = tempfile::tempdir().expect("tempdir");
+    let id = {
+        let q = open(a.path(), QueueOptions::default(), &["up"]);
+        assert_eq!(q.instance().len(), 16);
+        q.instance().to_string()
+    };
+    let reopened = open(a.path(), QueueOptions::default(), &["up"]);
+    assert_eq!(reopened.instance(), id, "the id survives a reopen");
+    assert_eq!(reopened.stats().expect("stats").queue_id, id);
+    let other = open(b.path(), QueueOptions::default(), &["up"]);
+    assert_ne!(
+        other.instance(),
+        id,
+        "a new database (a new SD card) gets a new id"
+    );
+}
+
+#[test]
 fn nan_survives_storage() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut q = open(dir.path(), QueueOptions::default(), &["up"]);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use fieldgate_adapter::BoxFuture;
 
 use super::{settled, Delivery, Pending, SendError, Uplink};
-use crate::payload;
+use crate::payload::{self, Origin};
 use crate::queue::Queued;
 
 /// Appends readings to `path` as JSON Lines (see `docs/payload.md`). When the file would
@@ -25,6 +25,7 @@ struct State {
     max_file_size: u64,
     max_files: usize,
     gateway: String,
+    queue_id: String,
     file: Option<File>,
     size: u64,
 }
@@ -38,6 +39,7 @@ impl FileUplink {
                 max_file_size,
                 max_files,
                 gateway,
+                queue_id: String::new(),
                 file: None,
                 size: 0,
             }),
@@ -49,7 +51,14 @@ impl State {
     fn render(&self, batch: &[Queued]) -> Vec<u8> {
         let mut buf = Vec::with_capacity(batch.len() * 200);
         for q in batch {
-            payload::write_json(&mut buf, &self.gateway, q);
+            payload::write_json(
+                &mut buf,
+                Origin {
+                    gateway: &self.gateway,
+                    queue_id: &self.queue_id,
+                },
+                q,
+            );
             buf.push(b'\n');
         }
         buf
@@ -67,7 +76,10 @@ impl State {
             None => return Err(std::io::Error::other("file uplink lost its file")),
         };
         if let Err(e) = file.write_all(buf).and_then(|()| file.sync_data()) {
-            // A partial write may have happened; reopen so `size` is re-read from disk.
+            // A partial write (a full disk) would leave half a line that the retry appends
+            // after: cut the file back to where this batch began. Reopen either way, so `size`
+            // is re-read from disk.
+            let _ = file.set_len(self.size);
             self.file = None;
             return Err(e);
         }
@@ -79,12 +91,17 @@ impl State {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
+        let existed = self.path.exists();
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.path)?;
         self.size = file.metadata()?.len();
         self.file = Some(file);
+        if !existed {
+            // A new file's directory entry must survive a power cut too: its data is acked.
+            sync_dir(&self.path)?;
+        }
         Ok(())
     }
 
@@ -108,6 +125,15 @@ impl State {
     }
 }
 
+/// fsyncs the directory holding `path`, so created, renamed and deleted entries are durable.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()
+}
+
 fn remove_if_exists(p: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(p) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -123,6 +149,12 @@ fn rename_if_exists(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 impl Uplink for FileUplink {
+    fn set_queue_id(&mut self, queue_id: &str) {
+        if let Some(state) = self.state.as_mut() {
+            state.queue_id = queue_id.to_string();
+        }
+    }
+
     fn send<'a>(&'a mut self, batch: &'a [Queued]) -> BoxFuture<'a, Result<Pending, SendError>> {
         Box::pin(async move {
             let Some(mut state) = self.state.take() else {

@@ -77,6 +77,12 @@ pub trait Uplink: Send + 'static {
     fn window(&self) -> usize {
         1
     }
+
+    /// Tells the uplink the id of the queue database it drains, for its payloads (called
+    /// by the forwarder before the first send).
+    fn set_queue_id(&mut self, queue_id: &str) {
+        let _ = queue_id;
+    }
 }
 
 /// Builds the uplink a config section describes. Must run inside a tokio runtime (the MQTT
@@ -159,6 +165,7 @@ pub async fn forwarder(
             return;
         }
     };
+    uplink.set_queue_id(queue.instance());
     tracing::info!(uplink = %id, from_seq = cursor + 1, "forwarder started");
     let window = uplink.window().max(1);
     let mut inflight: VecDeque<InFlight> = VecDeque::with_capacity(window);

@@ -5,7 +5,7 @@
 //! The fieldgate body (docs/payload.md) is:
 //!
 //! ```json
-//! {"v":1,"gateway":"site-01","adapter":"plc","device":"pump-1","historical":false,
+//! {"v":1,"gateway":"site-01","queue_id":"5b9e0d7c1a2f3e44","adapter":"plc","device":"pump-1","historical":false,
 //!  "readings":[{"seq":41,"point":"pressure","ts":"...","type":"float","value":3.2,"unit":"bar","quality":"good"}],
 //!  "first_seq":41,"last_seq":41,"count":1}
 //! ```
@@ -18,7 +18,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::ser::{SerializeMap, Serializer};
 
 use super::config::{BodyFormat, MessageMode, MqttSettings, ValueFormat};
-use crate::payload::{self, JsonValue};
+use crate::payload::{self, JsonValue, Origin};
 use crate::queue::Queued;
 
 /// One MQTT message to publish.
@@ -56,7 +56,7 @@ pub fn topic_for(template: &str, q: &Queued) -> String {
 /// Builds the messages for `batch`; returns them and the readings refused (too large).
 pub fn build(
     s: &MqttSettings,
-    gateway: &str,
+    origin: Origin<'_>,
     batch: &[Queued],
     historical: bool,
 ) -> (Vec<Message>, Vec<(u64, String)>) {
@@ -99,7 +99,7 @@ pub fn build(
     }
     for group in order {
         let topic = topic_for(&s.topic, group[0]);
-        let header = header(s.body, gateway, group[0], historical);
+        let header = header(s.body, origin, group[0], historical);
         let hard_limit = s
             .max_packet_size
             .saturating_sub(topic.len() + PUBLISH_OVERHEAD);
@@ -157,7 +157,7 @@ fn too_big(bytes: usize, max: usize) -> String {
     format!("reading needs a {bytes}-byte MQTT message, above max_packet_size ({max} bytes)")
 }
 
-fn header(body: BodyFormat, gateway: &str, first: &Queued, historical: bool) -> Vec<u8> {
+fn header(body: BodyFormat, origin: Origin<'_>, first: &Queued, historical: bool) -> Vec<u8> {
     match body {
         BodyFormat::Fieldgate => {
             // {"v":1,"gateway":..,"adapter":..,"device":..,"historical":..,"readings":[
@@ -166,7 +166,8 @@ fn header(body: BodyFormat, gateway: &str, first: &Queued, historical: bool) -> 
             let _ = (|| -> Result<(), serde_json::Error> {
                 let mut m = ser.serialize_map(None)?;
                 m.serialize_entry("v", &payload::VERSION)?;
-                m.serialize_entry("gateway", gateway)?;
+                m.serialize_entry("gateway", origin.gateway)?;
+                m.serialize_entry("queue_id", origin.queue_id)?;
                 m.serialize_entry("adapter", first.reading.source.as_str())?;
                 m.serialize_entry("device", first.reading.device.as_str())?;
                 m.serialize_entry("historical", &historical)?;

@@ -77,6 +77,7 @@ pub enum LinkState {
 pub struct MqttUplink {
     settings: Arc<MqttSettings>,
     gateway: String,
+    queue_id: String,
     shared: Arc<Mutex<Shared>>,
     state: watch::Receiver<LinkState>,
     limiter: Option<RateLimiter>,
@@ -100,6 +101,7 @@ impl MqttUplink {
             limiter: settings.max_publish_rate.map(RateLimiter::new),
             settings,
             gateway,
+            queue_id: String::new(),
             shared,
             state,
             _stop: stop,
@@ -130,7 +132,11 @@ impl MqttUplink {
                 s.url
             )));
         }
-        let (messages, rejected) = message::build(&s, &self.gateway, batch, false);
+        let origin = crate::payload::Origin {
+            gateway: &self.gateway,
+            queue_id: &self.queue_id,
+        };
+        let (messages, rejected) = message::build(&s, origin, batch, false);
         let qos = if s.qos == 0 {
             QoS::AtMostOnce
         } else {
@@ -185,6 +191,10 @@ impl Uplink for MqttUplink {
 
     fn window(&self) -> usize {
         WINDOW
+    }
+
+    fn set_queue_id(&mut self, queue_id: &str) {
+        self.queue_id = queue_id.to_string();
     }
 }
 

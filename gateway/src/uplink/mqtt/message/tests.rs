@@ -3,6 +3,11 @@ use crate::uplink::mqtt::config::MqttUplinkConfig;
 use fieldgate_adapter::{Quality, Reading, Value};
 use std::path::Path;
 
+const GW: Origin<'static> = Origin {
+    gateway: "gw",
+    queue_id: "00c0ffee00c0ffee",
+};
+
 fn settings(extra: &str) -> MqttSettings {
     let text = format!("url = \"mqtt://localhost\"\n{extra}");
     use figment::providers::Format;
@@ -38,7 +43,7 @@ fn batches_group_by_device_in_order_and_carry_the_sequence_range() {
         q(2, "pump-2", "p", Value::I64(2)),
         q(3, "pump-1", "t", Value::Bool(true)),
     ];
-    let (msgs, rejected) = build(&s, "gw", &batch, false);
+    let (msgs, rejected) = build(&s, GW, &batch, false);
     assert!(rejected.is_empty());
     assert_eq!(
         msgs.iter().map(|m| m.topic.as_str()).collect::<Vec<_>>(),
@@ -48,7 +53,7 @@ fn batches_group_by_device_in_order_and_carry_the_sequence_range() {
     assert_eq!(
         first,
         serde_json::json!({
-            "v": 1, "gateway": "gw", "adapter": "plc", "device": "pump-1", "historical": false,
+            "v": 1, "gateway": "gw", "queue_id": "00c0ffee00c0ffee", "adapter": "plc", "device": "pump-1", "historical": false,
             "readings": [
                 {"seq": 1, "point": "p", "ts": "2025-11-21T06:00:00.250000Z", "type": "float", "value": 1.5, "quality": "good"},
                 {"seq": 3, "point": "t", "ts": "2025-11-21T06:00:00.250000Z", "type": "bool", "value": true, "quality": "good"}
@@ -66,7 +71,7 @@ fn messages_respect_the_count_and_byte_limits() {
         .collect();
     let (by_count, _) = build(
         &settings("max_readings_per_message = 300"),
-        "gw",
+        GW,
         &batch,
         false,
     );
@@ -74,12 +79,7 @@ fn messages_respect_the_count_and_byte_limits() {
         by_count.iter().map(|m| m.readings).collect::<Vec<_>>(),
         [300, 300, 300, 100]
     );
-    let (by_size, _) = build(
-        &settings("max_message_bytes = \"4KiB\""),
-        "gw",
-        &batch,
-        false,
-    );
+    let (by_size, _) = build(&settings("max_message_bytes = \"4KiB\""), GW, &batch, false);
     assert!(by_size.len() > 10);
     assert!(
         by_size.iter().all(|m| m.payload.len() <= 4096),
@@ -104,7 +104,7 @@ fn a_reading_too_large_for_the_broker_is_refused_alone() {
         q(2, "d", "blob", Value::Text("x".repeat(5000))),
         q(3, "d", "big-but-fits", Value::Text("y".repeat(3000))),
     ];
-    let (msgs, rejected) = build(&s, "gw", &batch, false);
+    let (msgs, rejected) = build(&s, GW, &batch, false);
     assert_eq!(rejected.len(), 1);
     assert_eq!(rejected[0].0, 2);
     assert!(
@@ -136,7 +136,7 @@ fn per_value_mode_puts_each_point_on_its_own_topic() {
     let mut bad = q(8, "tank 1", "level", Value::F64(2.25));
     bad.reading.quality = Quality::Stale("timeout".into());
     let batch = [q(7, "tank+1", "valve#a", Value::Bool(false)), bad];
-    let (msgs, _) = build(&s, "gw", &batch, false);
+    let (msgs, _) = build(&s, GW, &batch, false);
     assert_eq!(
         msgs[0].topic, "fieldgate/gw/plc/tank_1/valve_a",
         "wildcards are replaced"
@@ -146,7 +146,7 @@ fn per_value_mode_puts_each_point_on_its_own_topic() {
     assert_eq!(msgs[1].payload, b"2.25");
     let (msgs, _) = build(
         &settings("mode = \"per_value\"\nvalue_format = \"json\""),
-        "gw",
+        GW,
         &batch,
         false,
     );
@@ -166,7 +166,7 @@ fn thingsboard_body_is_the_gateway_telemetry_format() {
     let s = settings("preset = \"thingsboard\"\nusername = \"token\"");
     let (msgs, _) = build(
         &s,
-        "gw",
+        GW,
         &[
             q(1, "Pump 1", "pressure", Value::F64(3.5)),
             q(2, "Pump 1", "on", Value::Bool(true)),
