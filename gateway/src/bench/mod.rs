@@ -310,6 +310,7 @@ async fn pipeline_run(
                 batch_size: batch,
                 retry_min: Duration::from_millis(10),
                 retry_max: Duration::from_secs(1),
+                drain: crate::uplink::Drain::Fifo,
             },
             // Rotate at 256 MB and keep one old file: the bench must not fill the disk.
             Box::new(FileUplink::new(out.clone(), 256 << 20, 1, "bench".into())),

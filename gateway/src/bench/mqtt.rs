@@ -197,6 +197,7 @@ async fn drain(
                 batch_size: batch,
                 retry_min: Duration::from_millis(100),
                 retry_max: Duration::from_secs(1),
+                drain: crate::uplink::Drain::Fifo,
             },
             Box::new(uplink),
         )],

@@ -35,6 +35,7 @@ pub use units::{ByteSize, Secret, SecretSource};
 
 use crate::queue::{Durability, QueueOptions, WhenFull};
 use crate::uplink::mqtt::{MqttSettings, MqttUplinkConfig};
+use crate::uplink::Drain;
 use load::Collector;
 
 /// The commented template printed by `fieldgate config template`.
@@ -232,8 +233,19 @@ pub struct UplinkSection {
     pub retry_min: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
+    /// The order a backlog is sent in.
+    pub drain: Drain,
     /// The uplink kind and its settings.
     pub kind: UplinkConfig,
+}
+
+/// `drain = ...` as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum DrainMode {
+    #[default]
+    Fifo,
+    LiveFirst,
 }
 
 /// Keys every `[[uplinks]]` entry takes besides its kind's own.
@@ -248,9 +260,20 @@ struct UplinkCommon {
     retry_min: Duration,
     #[serde(default = "default_retry_max", with = "fieldgate_adapter::duration")]
     retry_max: Duration,
+    #[serde(default)]
+    drain: DrainMode,
+    #[serde(default)]
+    backlog_rate: Option<ByteSize>,
 }
 
-const UPLINK_COMMON_KEYS: &[&str] = &["adapters", "batch_size", "retry_min", "retry_max"];
+const UPLINK_COMMON_KEYS: &[&str] = &[
+    "adapters",
+    "batch_size",
+    "retry_min",
+    "retry_max",
+    "drain",
+    "backlog_rate",
+];
 /// Every key an `[[uplinks]]` entry takes besides its kind's own.
 const UPLINK_ENTRY_KEYS: &[&str] = &[
     "id",
@@ -259,6 +282,8 @@ const UPLINK_ENTRY_KEYS: &[&str] = &[
     "batch_size",
     "retry_min",
     "retry_max",
+    "drain",
+    "backlog_rate",
 ];
 const LENIENT: Extract = Extract {
     lenient: true,
@@ -772,6 +797,29 @@ fn uplink(
     };
     let common = common?;
     let mut ok = true;
+    let drain = match (common.drain, common.backlog_rate) {
+        (DrainMode::Fifo, None) => Drain::Fifo,
+        (DrainMode::Fifo, Some(_)) => {
+            c.push(
+                at.key("backlog_rate"),
+                "needs drain = \"live_first\" (in fifo order there is no separate backlog)",
+            );
+            ok = false;
+            Drain::Fifo
+        }
+        (DrainMode::LiveFirst, rate) => {
+            if rate.is_some_and(|r| r.0 == 0) {
+                c.push(
+                    at.key("backlog_rate"),
+                    "must be more than 0 bytes per second (leave it out for no cap)",
+                );
+                ok = false;
+            }
+            Drain::LiveFirst {
+                backlog_rate: rate.map(|r| r.0),
+            }
+        }
+    };
     if common.adapters.as_ref().is_some_and(Vec::is_empty) {
         c.push(
             at.key("adapters"),
@@ -804,6 +852,7 @@ fn uplink(
         batch_size: common.batch_size,
         retry_min: common.retry_min,
         retry_max: common.retry_max,
+        drain,
         kind,
     })
 }

@@ -84,6 +84,7 @@ fn counter_adapter(source: &'static str, n: i64) -> AdapterFactory {
 #[derive(Clone, Default)]
 struct Recorder {
     delivered: Arc<Mutex<Vec<(u64, String, Value)>>>,
+    historical: Arc<Mutex<Vec<bool>>>,
     script: Arc<Mutex<VecDeque<Result<(), SendError>>>>,
     calls: Arc<AtomicU32>,
 }
@@ -107,8 +108,16 @@ impl Recorder {
 }
 
 impl Uplink for Recorder {
-    fn send<'a>(&'a mut self, batch: &'a [Queued]) -> BoxFuture<'a, Result<Pending, SendError>> {
+    fn send<'a>(
+        &'a mut self,
+        batch: &'a [Queued],
+        historical: bool,
+    ) -> BoxFuture<'a, Result<Pending, SendError>> {
         Box::pin(async move {
+            self.historical
+                .lock()
+                .expect("lock")
+                .extend(batch.iter().map(|_| historical));
             self.calls.fetch_add(1, Ordering::SeqCst);
             if let Some(result) = self.script.lock().expect("lock").pop_front() {
                 result?;
@@ -131,6 +140,7 @@ fn uplink_opts(id: &str) -> ForwarderOptions {
         batch_size: 100,
         retry_min: Duration::from_millis(5),
         retry_max: Duration::from_millis(20),
+        drain: crate::uplink::Drain::Fifo,
     }
 }
 
@@ -337,5 +347,149 @@ async fn stop_returns_even_if_an_adapter_ignores_shutdown() {
     assert_eq!(
         report.committed, 1,
         "the reading sent before shutdown is committed"
+    );
+}
+
+/// Fills the queue with `n` readings of adapter "old" before any pipeline runs.
+fn backlog(dir: &Path, cfg: &Config, n: i64) {
+    let _ = dir;
+    let mut q =
+        crate::queue::Queue::open(&cfg.queue_path(), cfg.queue_options(), &["rec"]).expect("open");
+    let batch: Vec<_> = (0..n).map(|i| reading("old", i)).collect();
+    q.append(&batch).expect("append");
+    q.close().expect("close");
+}
+
+/// Emits `n` readings of adapter `source`, one per millisecond.
+fn trickle(source: &'static str, n: i64) -> AdapterFactory {
+    Box::new(move || {
+        Ok(
+            Box::new(FnAdapter(move |mut ctx: AdapterContext| async move {
+                for i in 0..n {
+                    ctx.readings.send(reading(source, i)).await?;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                ctx.shutdown.fired().await;
+                Ok(())
+            })) as Box<dyn Adapter>,
+        )
+    })
+}
+
+async fn drain_run(drain: crate::uplink::Drain) -> (Vec<(u64, String)>, Vec<bool>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), "flush_interval = \"5ms\"");
+    backlog(dir.path(), &cfg, 3000);
+    let rec = Recorder::default();
+    let mut opts = uplink_opts("rec");
+    opts.drain = drain;
+    let parts = Parts {
+        adapters: vec![("new".into(), trickle("new", 200))],
+        uplinks: vec![(opts, Box::new(rec.clone()))],
+    };
+    let running = start_with(&cfg, parts, fast()).await.expect("starts");
+    wait_until("everything delivered", || rec.seqs().len() >= 3200).await;
+    let queue = running.queue().clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while queue.stats().await.expect("stats").depth > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the queue drains once the backlog is done"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    running.stop().await.expect("stops");
+    let delivered = rec
+        .delivered
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|d| (d.0, d.1.clone()))
+        .collect();
+    let historical = rec.historical.lock().expect("lock").clone();
+    (delivered, historical)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_sends_in_queue_order() {
+    let (delivered, historical) = drain_run(crate::uplink::Drain::Fifo).await;
+    let seqs: Vec<u64> = delivered.iter().map(|d| d.0).collect();
+    assert_eq!(
+        seqs,
+        (1..=3200).collect::<Vec<_>>(),
+        "strict order, each once"
+    );
+    assert!(historical.iter().all(|h| !h));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_first_sends_new_readings_while_the_backlog_drains() {
+    let (delivered, historical) =
+        drain_run(crate::uplink::Drain::LiveFirst { backlog_rate: None }).await;
+    let mut seqs: Vec<u64> = delivered.iter().map(|d| d.0).collect();
+    let first_new = delivered
+        .iter()
+        .position(|d| d.1 == "new")
+        .expect("new readings arrive");
+    let last_old = delivered
+        .iter()
+        .rposition(|d| d.1 == "old")
+        .expect("old readings arrive");
+    assert!(
+        first_new < last_old,
+        "a new reading went out before the backlog was done"
+    );
+    for (d, h) in delivered.iter().zip(&historical) {
+        assert_eq!(
+            *h,
+            d.1 == "old",
+            "backlog is flagged historical, live is not: {d:?}"
+        );
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=3200).collect::<Vec<_>>(), "each reading once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_first_caps_the_backlog_rate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), "");
+    backlog(dir.path(), &cfg, 500);
+    // The file uplink reports bytes; ~200 bytes per reading, 100 per batch: ~20 KB a batch.
+    let out = dir.path().join("out.jsonl");
+    let mut opts = uplink_opts("rec");
+    opts.drain = crate::uplink::Drain::LiveFirst {
+        backlog_rate: Some(40_000),
+    };
+    let parts = Parts {
+        adapters: vec![],
+        uplinks: vec![(
+            opts,
+            Box::new(crate::uplink::FileUplink::new(
+                out.clone(),
+                1 << 30,
+                1,
+                "gw".into(),
+            )),
+        )],
+    };
+    let started = Instant::now();
+    let running = start_with(&cfg, parts, fast()).await.expect("starts");
+    let queue = running.queue().clone();
+    while queue.stats().await.expect("stats").depth > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the backlog drains"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = started.elapsed();
+    let bytes = std::fs::metadata(&out).expect("out").len();
+    running.stop().await.expect("stops");
+    // All but the last batch wait their share of 40 KB/s.
+    let floor = Duration::from_secs_f64((bytes as f64 - 25_000.0).max(0.0) / 40_000.0);
+    assert!(
+        took >= floor,
+        "{bytes} bytes in {took:?}, faster than 40 KB/s allows ({floor:?})"
     );
 }

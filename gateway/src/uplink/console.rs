@@ -36,7 +36,11 @@ impl Uplink for ConsoleUplink {
         self.queue_id = queue_id.to_string();
     }
 
-    fn send<'a>(&'a mut self, batch: &'a [Queued]) -> BoxFuture<'a, Result<Pending, SendError>> {
+    fn send<'a>(
+        &'a mut self,
+        batch: &'a [Queued],
+        _historical: bool,
+    ) -> BoxFuture<'a, Result<Pending, SendError>> {
         Box::pin(async move {
             let origin = Origin {
                 gateway: &self.gateway,

@@ -155,7 +155,11 @@ impl Uplink for FileUplink {
         }
     }
 
-    fn send<'a>(&'a mut self, batch: &'a [Queued]) -> BoxFuture<'a, Result<Pending, SendError>> {
+    fn send<'a>(
+        &'a mut self,
+        batch: &'a [Queued],
+        _historical: bool,
+    ) -> BoxFuture<'a, Result<Pending, SendError>> {
         Box::pin(async move {
             let Some(mut state) = self.state.take() else {
                 // Only after a panic in the writer task, which lost the state.
@@ -164,6 +168,7 @@ impl Uplink for FileUplink {
                 ));
             };
             let buf = state.render(batch);
+            let bytes = buf.len() as u64;
             let (state, result) = tokio::task::spawn_blocking(move || {
                 let result = state.write(&buf);
                 (state, result)
@@ -173,7 +178,12 @@ impl Uplink for FileUplink {
             let path = state.path.display().to_string();
             self.state = Some(state);
             result
-                .map(|()| settled(Ok(Delivery::all())))
+                .map(|()| {
+                    settled(Ok(Delivery {
+                        rejected: Vec::new(),
+                        bytes,
+                    }))
+                })
                 .map_err(|e| SendError::Retry(format!("cannot write {path}: {e}")))
         })
     }
@@ -214,11 +224,12 @@ mod tests {
         let mut up = FileUplink::new(path.clone(), 4096, 2, "gw".into());
         for b in 0..10 {
             let settled = up
-                .send(&batch(b * 10 + 1, 10))
+                .send(&batch(b * 10 + 1, 10), false)
                 .await
                 .map_err(|e| e.to_string())
                 .expect("written");
-            assert_eq!(settled.await, Ok(Delivery::all()));
+            let d = settled.await.expect("settled");
+            assert!(d.rejected.is_empty() && d.bytes > 1000, "{d:?}");
         }
         let current = seqs_in(&path);
         let one = seqs_in(&dir.path().join("sub/out.jsonl.1"));
@@ -250,7 +261,7 @@ mod tests {
             1,
             "gw".into(),
         );
-        let Err(err) = up.send(&batch(1, 1)).await else {
+        let Err(err) = up.send(&batch(1, 1), false).await else {
             panic!("cannot create a dir under a file");
         };
         assert!(
@@ -260,10 +271,11 @@ mod tests {
         // And it keeps working once the path is fixed.
         std::fs::remove_file(dir.path().join("blocker")).expect("rm");
         let settled = up
-            .send(&batch(1, 1))
+            .send(&batch(1, 1), false)
             .await
             .map_err(|e| e.to_string())
             .expect("recovers");
-        assert_eq!(settled.await, Ok(Delivery::all()));
+        let d = settled.await.expect("settled");
+        assert!(d.rejected.is_empty() && d.bytes > 0, "{d:?}");
     }
 }

@@ -113,7 +113,11 @@ impl MqttUplink {
         self.state.clone()
     }
 
-    async fn deliver(&mut self, batch: &[crate::queue::Queued]) -> Result<Pending, SendError> {
+    async fn deliver(
+        &mut self,
+        batch: &[crate::queue::Queued],
+        historical: bool,
+    ) -> Result<Pending, SendError> {
         let s = Arc::clone(&self.settings);
         // Wait for a connection, but not forever: the forwarder must get to check shutdown.
         let up = tokio::time::timeout(
@@ -136,7 +140,8 @@ impl MqttUplink {
             gateway: &self.gateway,
             queue_id: &self.queue_id,
         };
-        let (messages, rejected) = message::build(&s, origin, batch, false);
+        let (messages, rejected) = message::build(&s, origin, batch, historical);
+        let bytes: u64 = messages.iter().map(|m| m.payload.len() as u64).sum();
         let qos = if s.qos == 0 {
             QoS::AtMostOnce
         } else {
@@ -172,7 +177,7 @@ impl MqttUplink {
                     }
                 }
             }
-            Ok(Delivery { rejected })
+            Ok(Delivery { rejected, bytes })
         }))
     }
 }
@@ -185,8 +190,9 @@ impl Uplink for MqttUplink {
     fn send<'a>(
         &'a mut self,
         batch: &'a [crate::queue::Queued],
+        historical: bool,
     ) -> BoxFuture<'a, Result<Pending, SendError>> {
-        Box::pin(self.deliver(batch))
+        Box::pin(self.deliver(batch, historical))
     }
 
     fn window(&self) -> usize {

@@ -86,6 +86,7 @@ async fn pipeline(dir: &Path, values: Vec<Value>, uplink: MqttUplink) -> Running
                 batch_size: 1000,
                 retry_min: Duration::from_millis(50),
                 retry_max: Duration::from_millis(500),
+                drain: crate::uplink::Drain::Fifo,
             },
             Box::new(uplink),
         )],

@@ -1,0 +1,461 @@
+//! The forwarder: one per uplink, from the queue to the far side.
+//!
+//! It peeks batches after the uplink's position, hands them to the uplink, keeps up to
+//! [`Uplink::window`] of them in flight, and acknowledges them in the queue in order as they
+//! settle. A failure (retry) rewinds to the last acknowledged reading and, after a jittered
+//! exponential backoff, sends everything after it again; a reject dead-letters the batch and
+//! moves on.
+//!
+//! With [`Drain::LiveFirst`], whenever there is a backlog (at start, and after every failure)
+//! the queue is split at the newest committed reading: readings committed after the split
+//! ("live") go out at once, while the backlog drains behind them, flagged historical and
+//! optionally capped in bytes per second. The queue's watermark only moves over the backlog
+//! (it must stay contiguous); the live readings already delivered are remembered in memory and
+//! folded into the watermark when the backlog is done. After a crash in between they are sent
+//! again, as backlog: at-least-once, never lost.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use fieldgate_adapter::Shutdown;
+use tokio::time::Instant;
+
+use super::{settled, Delivery, Pending, SendError, Uplink};
+use crate::backoff::Backoff;
+use crate::config::UplinkSection;
+use crate::queue::{QueueHandle, Queued};
+
+/// The order in which a backlog is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Drain {
+    /// Strictly in queue order (the default).
+    #[default]
+    Fifo,
+    /// New readings first, the backlog behind them, at most `backlog_rate` bytes per second.
+    LiveFirst {
+        /// Cap on the backlog's bytes per second (message bodies); `None` for no cap.
+        backlog_rate: Option<u64>,
+    },
+}
+
+/// How a forwarder runs.
+#[derive(Debug, Clone)]
+pub struct ForwarderOptions {
+    /// The uplink's id (its watermark's name in the queue).
+    pub id: String,
+    /// Only readings from these adapters; `None` for all.
+    pub adapters: Option<HashSet<String>>,
+    /// Most readings per send.
+    pub batch_size: usize,
+    /// First retry delay.
+    pub retry_min: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Backlog order.
+    pub drain: Drain,
+}
+
+impl ForwarderOptions {
+    /// The options a config section describes.
+    pub fn from_section(s: &UplinkSection) -> Self {
+        ForwarderOptions {
+            id: s.id.clone(),
+            adapters: s.adapters.as_ref().map(|a| a.iter().cloned().collect()),
+            batch_size: s.batch_size,
+            retry_min: s.retry_min,
+            retry_max: s.retry_max,
+            drain: s.drain,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    /// Queue order (fifo, or live_first with no backlog).
+    Main,
+    /// Behind the split, historical.
+    Backlog,
+    /// After the split.
+    Live,
+}
+
+/// A batch handed to the uplink and not settled yet.
+struct InFlight {
+    stream: Stream,
+    /// The highest sequence id the batch covers (including readings filtered out).
+    last: u64,
+    /// The sequence ids it carries.
+    seqs: Vec<u64>,
+    delivery: Pending,
+}
+
+/// The queue split at `at` while a backlog drains behind live readings.
+#[derive(Debug)]
+struct Split {
+    /// Readings up to here are backlog.
+    at: u64,
+    /// Where the next backlog batch is peeked from.
+    backlog_next: u64,
+    /// Where the next live batch is peeked from.
+    live_next: u64,
+    /// Live readings settled through here (in order).
+    live_acked: u64,
+    /// Readings delivered in those live batches, recorded when they are folded in.
+    live_delivered: u64,
+    /// Not before this instant may the next backlog batch go (`backlog_rate`).
+    backlog_ready_at: Instant,
+}
+
+struct Forwarder {
+    queue: QueueHandle,
+    opts: ForwarderOptions,
+    /// Everything up to here is acknowledged in the queue.
+    cursor: u64,
+    /// Where the next batch is peeked from when there is no split.
+    next: u64,
+    split: Option<Split>,
+    inflight: VecDeque<InFlight>,
+    backoff: Backoff,
+    /// The stream of the last batch handed to the uplink.
+    last_sent: Option<Stream>,
+}
+
+impl Forwarder {
+    fn id(&self) -> &str {
+        &self.opts.id
+    }
+
+    /// Starts over from the watermark: splits if live_first and there is a backlog.
+    fn rewind(&mut self, newest: u64) {
+        self.inflight.clear();
+        self.next = self.cursor;
+        self.split = match self.opts.drain {
+            Drain::LiveFirst { .. } if newest > self.cursor => {
+                tracing::info!(uplink = %self.opts.id, backlog = newest - self.cursor, "sending new readings first; the backlog drains behind them");
+                Some(Split {
+                    at: newest,
+                    backlog_next: self.cursor,
+                    live_next: newest,
+                    live_acked: newest,
+                    live_delivered: 0,
+                    backlog_ready_at: Instant::now(),
+                })
+            }
+            _ => None,
+        };
+    }
+
+    fn filter(&self, items: Vec<Queued>) -> Vec<Queued> {
+        match &self.opts.adapters {
+            None => items,
+            Some(wanted) => items
+                .into_iter()
+                .filter(|q| wanted.contains(q.reading.source.as_str()))
+                .collect(),
+        }
+    }
+
+    /// Peeks the next batch of `stream`. `Ok(None)`: nothing there now.
+    async fn peek(
+        &mut self,
+        stream: Stream,
+    ) -> Result<Option<(u64, Vec<Queued>)>, crate::queue::QueueError> {
+        let (from, until) = match (stream, &self.split) {
+            (Stream::Main, _) => (self.next, u64::MAX),
+            (Stream::Backlog, Some(sp)) => (sp.backlog_next, sp.at),
+            (Stream::Live, Some(sp)) => (sp.live_next, u64::MAX),
+            (_, None) => return Ok(None),
+        };
+        if from >= until {
+            return Ok(None);
+        }
+        let mut items = self.queue.peek(from, self.opts.batch_size).await?;
+        items.retain(|q| q.seq <= until);
+        let last = match items.last() {
+            Some(q) => q.seq,
+            // Rows of the backlog may have expired under it: it is done.
+            None if stream == Stream::Backlog => until,
+            None => return Ok(None),
+        };
+        match (stream, self.split.as_mut()) {
+            (Stream::Main, _) => self.next = last,
+            (Stream::Backlog, Some(sp)) => sp.backlog_next = last,
+            (Stream::Live, Some(sp)) => sp.live_next = last,
+            (_, None) => {}
+        }
+        Ok(Some((last, self.filter(items))))
+    }
+
+    /// Which stream gets the next window slot, if any. Live readings go first; while they
+    /// keep coming, live and backlog batches alternate (one backlog batch in flight at a
+    /// time), so new readings wait at most one backlog batch and the backlog still moves.
+    fn next_stream(&self, live_seen_empty: bool) -> Option<Stream> {
+        let Some(sp) = &self.split else {
+            return Some(Stream::Main);
+        };
+        let backlog_allowed = sp.backlog_next < sp.at && Instant::now() >= sp.backlog_ready_at;
+        let backlog_flying = self.inflight.iter().any(|f| f.stream == Stream::Backlog);
+        match (!live_seen_empty, backlog_allowed && !backlog_flying) {
+            (true, true) if self.last_sent == Some(Stream::Live) => Some(Stream::Backlog),
+            (true, _) => Some(Stream::Live),
+            (false, _) => backlog_allowed.then_some(Stream::Backlog),
+        }
+    }
+
+    /// Folds the live readings into the watermark once the backlog is all acknowledged.
+    async fn merge_if_done(&mut self) -> Result<(), crate::queue::QueueError> {
+        let done = match &self.split {
+            Some(sp) => {
+                self.cursor >= sp.at && !self.inflight.iter().any(|f| f.stream == Stream::Backlog)
+            }
+            None => false,
+        };
+        if !done {
+            return Ok(());
+        }
+        let Some(sp) = self.split.take() else {
+            return Ok(());
+        };
+        if sp.live_acked > self.cursor {
+            self.queue
+                .ack(&self.opts.id, sp.live_acked, sp.live_delivered)
+                .await?;
+            self.cursor = sp.live_acked;
+        }
+        self.next = sp.live_next;
+        tracing::info!(uplink = %self.opts.id, through_seq = self.cursor, "backlog drained; back to queue order");
+        Ok(())
+    }
+
+    /// Records a settled batch. False if it must be sent again.
+    async fn settle(
+        &mut self,
+        stream: Stream,
+        last: u64,
+        seqs: &[u64],
+        result: Result<Delivery, SendError>,
+    ) -> bool {
+        let id = self.opts.id.clone();
+        let (delivered, bytes) = match result {
+            Ok(delivery) => {
+                let rejected: Vec<(u64, String)> = delivery
+                    .rejected
+                    .into_iter()
+                    .filter(|(seq, _)| seqs.contains(seq))
+                    .collect();
+                if !rejected.is_empty() && !dead_letter_some(&self.queue, &id, &rejected).await {
+                    return false;
+                }
+                (
+                    seqs.len().saturating_sub(rejected.len()) as u64,
+                    delivery.bytes,
+                )
+            }
+            Err(SendError::Retry(why)) => {
+                tracing::warn!(uplink = %id, error = %why, attempt = self.backoff.attempts() + 1, "delivery failed; will retry");
+                return false;
+            }
+            Err(SendError::Reject(why)) => {
+                tracing::error!(uplink = %id, error = %why, readings = seqs.len(), first_seq = seqs.first(), "uplink rejected a batch; moved to dead letters");
+                if let Err(e) = self.queue.dead_letter(&id, seqs.to_vec(), why).await {
+                    tracing::error!(uplink = %id, error = %e, "could not store dead letters; will retry the batch");
+                    return false;
+                }
+                (0, 0)
+            }
+        };
+        if stream == Stream::Live {
+            if let Some(sp) = self.split.as_mut() {
+                sp.live_acked = last;
+                sp.live_delivered += delivered;
+            }
+        } else {
+            if let Err(e) = self.queue.ack(&id, last, delivered).await {
+                // Not acknowledged: the batch will be sent again (at-least-once).
+                tracing::error!(uplink = %id, error = %e, "delivered but could not record it; it will be sent again");
+                return false;
+            }
+            self.cursor = last;
+            if stream == Stream::Backlog {
+                if let (
+                    Some(sp),
+                    Drain::LiveFirst {
+                        backlog_rate: Some(rate),
+                    },
+                ) = (self.split.as_mut(), self.opts.drain)
+                {
+                    #[allow(clippy::cast_precision_loss)] // a wait time; precision is irrelevant
+                    let wait = Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64);
+                    sp.backlog_ready_at = sp.backlog_ready_at.max(Instant::now()) + wait;
+                }
+            }
+        }
+        if self.backoff.attempts() > 0 {
+            tracing::info!(uplink = %id, after_failures = self.backoff.attempts(), "uplink recovered");
+        }
+        self.backoff.reset();
+        tracing::debug!(uplink = %id, readings = delivered, through_seq = last, "delivered");
+        true
+    }
+}
+
+/// Drains the queue into `uplink` until `shutdown` fires. After `shutdown` no new batch is
+/// sent; the ones in flight are settled first, so a delivered batch is always acknowledged.
+pub async fn forwarder(
+    queue: QueueHandle,
+    mut uplink: Box<dyn Uplink>,
+    opts: ForwarderOptions,
+    mut shutdown: Shutdown,
+) {
+    let id = opts.id.clone();
+    let mut committed = queue.subscribe();
+    let cursor = match queue.watermark(&id).await {
+        Ok(Some(w)) => w,
+        Ok(None) => {
+            tracing::error!(uplink = %id, "uplink is not registered with the queue; not forwarding");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(uplink = %id, error = %e, "cannot read the uplink's queue position; not forwarding");
+            return;
+        }
+    };
+    uplink.set_queue_id(queue.instance());
+    tracing::info!(uplink = %id, from_seq = cursor + 1, "forwarder started");
+    let window = uplink.window().max(1);
+    let mut f = Forwarder {
+        backoff: Backoff::new(opts.retry_min, opts.retry_max),
+        queue,
+        opts,
+        cursor,
+        next: cursor,
+        split: None,
+        inflight: VecDeque::with_capacity(window),
+        last_sent: None,
+    };
+    f.rewind(*committed.borrow_and_update());
+    loop {
+        // Fill the window. `seen` is the newest committed id before the peeks: an empty peek
+        // means everything up to it is sent or gone (expired rows leave no trace), so the
+        // forwarder then sleeps until something newer is committed.
+        let mut seen = 0;
+        let mut live_empty = false;
+        while f.inflight.len() < window && !shutdown.is_fired() {
+            seen = seen.max(*committed.borrow_and_update());
+            let Some(stream) = f.next_stream(live_empty) else {
+                break;
+            };
+            let (last, batch) = match f.peek(stream).await {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    if stream == Stream::Live {
+                        live_empty = true;
+                        continue;
+                    }
+                    break;
+                }
+                Err(e) => {
+                    let delay = f.backoff.next_delay();
+                    tracing::error!(uplink = %f.id(), error = %e, retry_in = ?delay, "cannot read the queue");
+                    if f.inflight.is_empty() {
+                        sleep_or_shutdown(delay, &mut shutdown).await;
+                    }
+                    break;
+                }
+            };
+            let seqs: Vec<u64> = batch.iter().map(|q| q.seq).collect();
+            let (delivery, not_taken) = if batch.is_empty() {
+                (settled(Ok(Delivery::all())), false)
+            } else {
+                match uplink.send(&batch, stream == Stream::Backlog).await {
+                    Ok(d) => (d, false),
+                    Err(e) => (settled(Err(e)), true),
+                }
+            };
+            f.inflight.push_back(InFlight {
+                stream,
+                last,
+                seqs,
+                delivery,
+            });
+            f.last_sent = Some(stream);
+            if not_taken {
+                break;
+            }
+        }
+        let Some(front) = f.inflight.pop_front() else {
+            if let Err(e) = f.merge_if_done().await {
+                tracing::error!(uplink = %f.id(), error = %e, "could not record delivered readings; they will be sent again");
+                f.rewind(*committed.borrow());
+            }
+            if shutdown.is_fired() {
+                break;
+            }
+            // Nothing in flight and nothing to send now: sleep until a commit, the next slot of
+            // a rate-capped backlog, or shutdown.
+            let backlog_wait = f
+                .split
+                .as_ref()
+                .filter(|sp| sp.backlog_next < sp.at)
+                .map(|sp| sp.backlog_ready_at);
+            let watch_from = seen
+                .max(f.next)
+                .max(f.split.as_ref().map_or(0, |sp| sp.live_next));
+            tokio::select! {
+                () = shutdown.fired() => break,
+                () = sleep_until_opt(backlog_wait) => {}
+                changed = committed.wait_for(|&last| last > watch_from) => {
+                    if changed.is_err() { break; }
+                }
+            }
+            continue;
+        };
+        let InFlight {
+            stream,
+            last,
+            seqs,
+            delivery,
+        } = front;
+        let result = delivery.await;
+        let ok = f.settle(stream, last, &seqs, result).await;
+        let ok = ok && f.merge_if_done().await.is_ok();
+        if !ok {
+            // Everything after the last acknowledged reading is sent again, after a backoff.
+            let delay = f.backoff.next_delay();
+            f.rewind(*committed.borrow());
+            tracing::debug!(uplink = %f.id(), retry_in = ?delay, from_seq = f.cursor + 1, "rewinding");
+            if shutdown.is_fired() {
+                break;
+            }
+            sleep_or_shutdown(delay, &mut shutdown).await;
+        }
+    }
+    tracing::info!(uplink = %f.opts.id, through_seq = f.cursor, "forwarder stopped");
+}
+
+/// Dead-letters the readings an uplink refused one by one; false if that failed.
+async fn dead_letter_some(queue: &QueueHandle, id: &str, rejected: &[(u64, String)]) -> bool {
+    for (seq, why) in rejected {
+        tracing::error!(uplink = %id, seq, error = %why, "uplink refused a reading; moved to dead letters");
+        if let Err(e) = queue.dead_letter(id, vec![*seq], why.clone()).await {
+            tracing::error!(uplink = %id, error = %e, "could not store a dead letter; will retry the batch");
+            return false;
+        }
+    }
+    true
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_or_shutdown(delay: Duration, shutdown: &mut Shutdown) {
+    tokio::select! {
+        () = shutdown.fired() => {}
+        () = tokio::time::sleep(delay) => {}
+    }
+}
