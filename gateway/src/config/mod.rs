@@ -30,13 +30,13 @@ use fieldgate_simulator::SimulatorConfig;
 use figment::value::Value;
 use serde::Deserialize;
 
-pub use load::{ConfigError, ConfigErrors, Extract, KeyPath, Seg, ENV_PREFIX};
+pub use load::{ConfigError, ConfigErrors, KeyPath, Seg, ENV_PREFIX};
 pub use units::{ByteSize, Secret, SecretSource};
 
 use crate::queue::{Durability, QueueOptions, WhenFull};
 use crate::uplink::mqtt::{MqttSettings, MqttUplinkConfig};
 use crate::uplink::Drain;
-use load::Collector;
+use load::{Collector, Extract};
 
 /// The commented template printed by `fieldgate config template`.
 pub const TEMPLATE: &str = include_str!("template.toml");
