@@ -137,3 +137,51 @@ fn demo_delivers_readings_within_seconds() {
     );
     assert!(stdout.contains(" readings committed, 0 lost."), "{stdout}");
 }
+
+/// Under systemd: READY=1 once running, WATCHDOG=1 while alive, STOPPING=1 on SIGTERM.
+#[test]
+fn notifies_systemd_when_ready_and_pings_the_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = site(
+        dir.path(),
+        "",
+        "[[adapters.devices.points]]\nname = \"n\"\nwaveform = \"counter\"\ninterval = \"10ms\"",
+    );
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind");
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let child = fieldgate()
+        .args(["run", "-c", cfg.to_str().expect("utf-8")])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starts");
+    let recv = || -> Option<String> {
+        let mut buf = [0u8; 128];
+        let n = sock.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    assert_eq!(recv().as_deref(), Some("READY=1"));
+    for _ in 0..3 {
+        assert_eq!(recv().as_deref(), Some("WATCHDOG=1"));
+    }
+    common::signal(child.id(), "TERM");
+    let mut messages = Vec::new();
+    while let Some(m) = recv() {
+        let stop = m == "STOPPING=1";
+        messages.push(m);
+        if stop {
+            break;
+        }
+    }
+    assert_eq!(
+        messages.last().map(String::as_str),
+        Some("STOPPING=1"),
+        "{messages:?}"
+    );
+    let out = child.wait_with_output().expect("exits");
+    assert!(out.status.success());
+}

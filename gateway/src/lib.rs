@@ -18,3 +18,4 @@ pub mod pipeline;
 pub mod queue;
 pub mod throttle;
 pub mod uplink;
+pub mod watchdog;

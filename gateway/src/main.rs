@@ -193,7 +193,8 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
             let rt = runtime()?;
             rt.block_on(async {
                 let shutdown = signals()?;
-                let report = pipeline::run(&config, shutdown).await?;
+                let systemd = fieldgate::watchdog::SystemdNotify::from_env(env, std::process::id());
+                let report = pipeline::run(&config, shutdown, systemd).await?;
                 anyhow::Ok(if report.lost > 0 {
                     ExitCode::FAILURE
                 } else {

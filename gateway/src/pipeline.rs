@@ -27,6 +27,7 @@ use crate::backoff::Backoff;
 use crate::config::{AdapterConfig, Config};
 use crate::queue::{Queue, QueueError, QueueHandle};
 use crate::uplink::{self, ForwarderOptions, Uplink};
+use crate::watchdog::{Heartbeat, SystemdNotify};
 
 /// Builds a fresh adapter; called again after every failure.
 pub type AdapterFactory = Box<dyn Fn() -> Result<Box<dyn Adapter>, AdapterError> + Send + Sync>;
@@ -139,6 +140,7 @@ pub struct Running {
     writer: JoinHandle<WriterReport>,
     forwarders: Vec<JoinHandle<()>>,
     routes: CommandRoutes,
+    heartbeat: Arc<Heartbeat>,
 }
 
 /// What the writer did over its life.
@@ -205,12 +207,14 @@ pub async fn start_with(
 
     let (tx, rx) = reading_channel(config.queue.channel_capacity);
     let (writer_abort, abort) = ShutdownTrigger::new();
+    let heartbeat = Heartbeat::new();
     let writer = tokio::spawn(writer(
         queue.clone(),
         rx,
         config.queue.batch_size,
         config.queue.flush_interval,
         abort,
+        Arc::clone(&heartbeat),
     ));
 
     let (adapters_stop, adapter_shutdown) = ShutdownTrigger::new();
@@ -237,6 +241,7 @@ pub async fn start_with(
         writer,
         forwarders,
         routes,
+        heartbeat,
     })
 }
 
@@ -244,6 +249,11 @@ impl Running {
     /// The queue, for stats.
     pub fn queue(&self) -> &QueueHandle {
         &self.queue
+    }
+
+    /// The pipeline's heartbeat (for the systemd watchdog).
+    pub fn heartbeat(&self) -> Arc<Heartbeat> {
+        Arc::clone(&self.heartbeat)
     }
 
     /// Where to send commands for adapter `id` (while it runs).
@@ -263,6 +273,7 @@ impl Running {
             writer,
             forwarders,
             routes,
+            heartbeat: _,
         } = self;
         tracing::info!("stopping adapters");
         adapters_stop.fire();
@@ -335,8 +346,13 @@ async fn join_all_within(handles: Vec<JoinHandle<()>>, grace: Duration, what: &s
     }
 }
 
-/// Runs the pipeline until `shutdown` fires, then stops it cleanly.
-pub async fn run(config: &Config, mut shutdown: Shutdown) -> Result<WriterReport, PipelineError> {
+/// Runs the pipeline until `shutdown` fires, then stops it cleanly. With `systemd`, tells
+/// systemd when it is ready and pings its watchdog while the pipeline is alive.
+pub async fn run(
+    config: &Config,
+    mut shutdown: Shutdown,
+    systemd: Option<SystemdNotify>,
+) -> Result<WriterReport, PipelineError> {
     let running = start(config).await?;
     tracing::info!(
         gateway = %config.gateway.id,
@@ -344,8 +360,29 @@ pub async fn run(config: &Config, mut shutdown: Shutdown) -> Result<WriterReport
         uplinks = config.uplinks.len(),
         "fieldgate running"
     );
+    let (watchdog_stop, watchdog_shutdown) = ShutdownTrigger::new();
+    if let Some(n) = &systemd {
+        if let Err(e) = n.notify("READY=1") {
+            tracing::warn!(error = %e, socket = %n.socket, "cannot notify systemd");
+        }
+        if let Some(period) = n.watchdog {
+            tracing::info!(period = ?period, "systemd watchdog on");
+            tokio::spawn(crate::watchdog::run(
+                n.clone(),
+                period,
+                running.heartbeat(),
+                running.queue().clone(),
+                watchdog_shutdown,
+            ));
+        }
+    }
     shutdown.fired().await;
-    running.stop().await
+    if let Some(n) = &systemd {
+        let _ = n.notify("STOPPING=1");
+    }
+    let report = running.stop().await;
+    watchdog_stop.fire();
+    report
 }
 
 /// Runs one adapter, restarting it with backoff whenever it fails, until shutdown.
@@ -441,16 +478,23 @@ async fn writer(
     batch_size: usize,
     flush_interval: Duration,
     mut abort: Shutdown,
+    heartbeat: Arc<Heartbeat>,
 ) -> WriterReport {
     let mut report = WriterReport::default();
     let mut buf = Vec::with_capacity(batch_size);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut full_logged = false;
     let mut refused_log = crate::throttle::Throttle::new(Duration::from_secs(10));
+    // The writer beats while it waits and after every commit; stuck in a commit, it stops
+    // beating and the systemd watchdog stops being pinged.
+    let mut beat = tokio::time::interval(crate::watchdog::WRITER_BEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        heartbeat.writer_beat();
         let got = tokio::select! {
             n = rx.recv_many(&mut buf, batch_size) => n,
             () = abort.fired() => 0,
+            _ = beat.tick() => continue,
         };
         if got == 0 {
             break;
@@ -461,6 +505,7 @@ async fn writer(
             tokio::select! {
                 n = rx.recv_many(&mut buf, room) => if n == 0 { break },
                 () = tokio::time::sleep_until(deadline) => break,
+                _ = beat.tick() => heartbeat.writer_beat(),
             }
         }
         // Commit, retrying until it works: the readings stay in memory meanwhile, and the
@@ -497,6 +542,7 @@ async fn writer(
                         tracing::warn!(used_bytes = used, max_bytes = max, "queue full: holding adapters back until uplinks make room (when_full = \"block\")");
                         full_logged = true;
                     }
+                    heartbeat.writer_beat();
                     if wait_or_abort(flush_interval, &mut abort).await {
                         break;
                     }
@@ -504,6 +550,7 @@ async fn writer(
                 Err(e) => {
                     let delay = backoff.next_delay();
                     tracing::error!(error = %e, readings = buf.len(), retry_in = ?delay, "cannot commit readings; holding them in memory");
+                    heartbeat.writer_beat();
                     if wait_or_abort(delay, &mut abort).await {
                         break;
                     }

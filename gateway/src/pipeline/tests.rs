@@ -493,3 +493,71 @@ async fn live_first_caps_the_backlog_rate() {
         "{bytes} bytes in {took:?}, faster than 40 KB/s allows ({floor:?})"
     );
 }
+
+/// The watchdog is pinged while the pipeline works, and not while it is stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_is_pinged_only_while_the_pipeline_is_alive() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), "");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let parts = Parts {
+        adapters: vec![("a".into(), counter_adapter("a", 10))],
+        uplinks: vec![(uplink_opts("rec"), Box::new(Recorder::default()))],
+    };
+    let running = start_with(&cfg, parts, fast()).await.expect("starts");
+    let notify = crate::watchdog::SystemdNotify {
+        socket: socket_path.display().to_string(),
+        watchdog: Some(Duration::from_millis(200)),
+    };
+    let (stop, shutdown) = fieldgate_adapter::ShutdownTrigger::new();
+    tokio::spawn(crate::watchdog::run(
+        notify,
+        Duration::from_millis(200),
+        running.heartbeat(),
+        running.queue().clone(),
+        shutdown,
+    ));
+    // Counts the pings arriving during `d`.
+    let count = |d: Duration| {
+        let mut n = 0;
+        let mut buf = [0u8; 64];
+        let end = std::time::Instant::now() + d;
+        while std::time::Instant::now() < end {
+            if let Ok(len) = socket.recv(&mut buf) {
+                assert_eq!(&buf[..len], b"WATCHDOG=1");
+                n += 1;
+            }
+        }
+        n
+    };
+    assert!(
+        count(Duration::from_millis(600)) >= 3,
+        "pinged every 100 ms while alive"
+    );
+    // Stall the pipeline on purpose: hold the queue's lock for a second.
+    let queue = running.queue().clone();
+    let stall = tokio::spawn(async move {
+        queue
+            .with(|_| {
+                std::thread::sleep(Duration::from_millis(1200));
+                Ok(())
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let _ = count(Duration::from_millis(150)); // a ping already under way
+    assert_eq!(
+        count(Duration::from_millis(600)),
+        0,
+        "no pings while the queue is stuck"
+    );
+    stall.await.expect("stall ends").expect("ok");
+    assert!(count(Duration::from_millis(800)) >= 2, "pings resume");
+    stop.fire();
+    running.stop().await.expect("stops");
+}

@@ -35,7 +35,7 @@ impl QueueHandle {
         }
     }
 
-    async fn with<T, F>(&self, f: F) -> Result<T, QueueError>
+    pub(crate) async fn with<T, F>(&self, f: F) -> Result<T, QueueError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Queue) -> Result<T, QueueError> + Send + 'static,
