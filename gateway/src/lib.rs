@@ -6,11 +6,14 @@
 //! acknowledges what the far side has. [`config`] turns a TOML file into the typed
 //! [`config::Config`] the pipeline is built from; [`bench`](mod@bench) measures it all.
 
-#![forbid(unsafe_code)]
+// Unsafe code is denied in this crate except in `clock::sys`, which calls adjtimex(2) to read
+// the kernel's clock-synchronization state (no safe wrapper exists); see the SAFETY comment there.
+#![deny(unsafe_code)]
 
 pub mod backoff;
 pub mod bench;
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod payload;

@@ -66,6 +66,11 @@ fn write_object(out: &mut Vec<u8>, q: &Queued, header: Option<Origin<'_>>) {
         if let Quality::Bad(why) | Quality::Stale(why) = &r.quality {
             m.serialize_entry("reason", why)?;
         }
+        if q.unsynced {
+            // The timestamp was taken before the clock was synchronized and could not be
+            // corrected: it may be wrong (and is never before the build date).
+            m.serialize_entry("clock", "unsynced")?;
+        }
         m.end()
     })();
     debug_assert!(
@@ -178,6 +183,7 @@ mod tests {
 
     fn json(value: Value, quality: Quality) -> serde_json::Value {
         let q = Queued {
+            unsynced: false,
             seq: 42,
             reading: Reading::new(
                 "sim",
@@ -228,6 +234,7 @@ mod tests {
     #[test]
     fn text_lines_for_people() {
         let q = |quality| Queued {
+            unsynced: false,
             seq: 42,
             reading: Reading::new(
                 "sim",

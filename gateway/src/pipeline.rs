@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
+use crate::clock::{Clock, ClockStamp, SystemClock};
 use crate::config::{AdapterConfig, Config};
 use crate::queue::{Queue, QueueError, QueueHandle};
 use crate::uplink::{self, ForwarderOptions, Uplink};
@@ -58,6 +59,8 @@ pub struct PipelineOptions {
     pub restart_min: Duration,
     /// Longest delay before restarting a failed adapter.
     pub restart_max: Duration,
+    /// The clocks (the system's; tests inject a fake).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for PipelineOptions {
@@ -68,6 +71,7 @@ impl Default for PipelineOptions {
             forwarder_grace: Duration::from_secs(10),
             restart_min: Duration::from_secs(1),
             restart_max: Duration::from_secs(60),
+            clock: SystemClock::shared(),
         }
     }
 }
@@ -204,6 +208,11 @@ pub async fn start_with(
             fwd_shutdown.clone(),
         )));
     }
+    forwarders.push(tokio::spawn(crate::clock::monitor(
+        Arc::clone(&opts.clock),
+        queue.clone(),
+        fwd_shutdown.clone(),
+    )));
 
     let (tx, rx) = reading_channel(config.queue.channel_capacity);
     let (writer_abort, abort) = ShutdownTrigger::new();
@@ -215,6 +224,7 @@ pub async fn start_with(
         config.queue.flush_interval,
         abort,
         Arc::clone(&heartbeat),
+        Arc::clone(&opts.clock),
     ));
 
     let (adapters_stop, adapter_shutdown) = ShutdownTrigger::new();
@@ -479,6 +489,7 @@ async fn writer(
     flush_interval: Duration,
     mut abort: Shutdown,
     heartbeat: Arc<Heartbeat>,
+    clock: Arc<dyn Clock>,
 ) -> WriterReport {
     let mut report = WriterReport::default();
     let mut buf = Vec::with_capacity(batch_size);
@@ -512,7 +523,8 @@ async fn writer(
         // bounded channel holds the adapters back.
         loop {
             let n = buf.len() as u64;
-            let (result, back) = queue.append(std::mem::take(&mut buf)).await;
+            let stamp = ClockStamp::now(&*clock);
+            let (result, back) = queue.append_stamped(std::mem::take(&mut buf), stamp).await;
             buf = back;
             match result {
                 Ok(outcome) => {

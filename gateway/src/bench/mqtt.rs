@@ -80,7 +80,11 @@ async fn bare_publisher(
     let items: Vec<Queued> = sample_batch(batch)
         .into_iter()
         .zip(1..)
-        .map(|(reading, seq)| Queued { seq, reading })
+        .map(|(reading, seq)| Queued {
+            seq,
+            reading,
+            unsynced: false,
+        })
         .collect();
     let (messages, _) = build_messages(
         s,

@@ -59,12 +59,24 @@ impl QueueHandle {
         &self,
         readings: Vec<Reading>,
     ) -> (Result<AppendOutcome, QueueError>, Vec<Reading>) {
+        self.append_with(readings, None).await
+    }
+
+    async fn append_with(
+        &self,
+        readings: Vec<Reading>,
+        stamp: Option<crate::clock::ClockStamp>,
+    ) -> (Result<AppendOutcome, QueueError>, Vec<Reading>) {
         let inner = Arc::clone(&self.inner);
         let joined = tokio::task::spawn_blocking(move || {
-            let result = inner
+            let mut q = inner
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .append(&readings);
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let result = match &stamp {
+                Some(stamp) => q.append_stamped(&readings, stamp),
+                None => q.append(&readings),
+            };
+            drop(q);
             (result, readings)
         })
         .await;
@@ -120,6 +132,20 @@ impl QueueHandle {
         let uplink = uplink.to_string();
         self.with(move |q| q.dead_letter(&uplink, &seqs, &error))
             .await
+    }
+
+    /// Appends a batch with the clock state of the commit (see [`Queue::append_stamped`]).
+    pub async fn append_stamped(
+        &self,
+        readings: Vec<Reading>,
+        stamp: crate::clock::ClockStamp,
+    ) -> (Result<AppendOutcome, QueueError>, Vec<Reading>) {
+        self.append_with(readings, Some(stamp)).await
+    }
+
+    /// Re-stamps this boot's unsynced readings (see [`Queue::restamp`]).
+    pub async fn restamp(&self, now: crate::clock::ClockStamp) -> Result<u64, QueueError> {
+        self.with(move |q| q.restamp(&now)).await
     }
 
     /// Drops readings older than `max_age`.

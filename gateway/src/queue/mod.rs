@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 pub use handle::QueueHandle;
 use series::SeriesCache;
 
+use crate::clock::ClockStamp;
 use crate::throttle::Throttle;
 
 /// What a committed reading survives.
@@ -118,8 +119,11 @@ pub enum QueueError {
 pub struct Queued {
     /// Stable, monotonic, never reused.
     pub seq: u64,
-    /// The reading as it was appended.
+    /// The reading as it was appended (or re-stamped once the clock was synchronized).
     pub reading: Reading,
+    /// Its timestamp was taken while the system clock was not synchronized and could not be
+    /// corrected (yet): payloads flag it.
+    pub unsynced: bool,
 }
 
 /// What happened to an appended batch.
@@ -227,6 +231,12 @@ CREATE TABLE IF NOT EXISTS readings (
     kind INTEGER NOT NULL,
     value,
     reason TEXT
+);
+CREATE TABLE IF NOT EXISTS unsynced (
+    first_seq INTEGER PRIMARY KEY,
+    last_seq INTEGER NOT NULL,
+    boot TEXT NOT NULL,
+    offset_us INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS segments (
     first_seq INTEGER PRIMARY KEY,
@@ -429,6 +439,24 @@ impl Queue {
         self.append_at(readings, SystemTime::now())
     }
 
+    /// [`Queue::append`] with the clock state of the commit: readings the `stamp` does not
+    /// trust (the clock was not synchronized, or they predate the build) are recorded as
+    /// unsynced, with their place on the boot's timeline, for [`Queue::restamp`].
+    pub fn append_stamped(
+        &mut self,
+        readings: &[Reading],
+        stamp: &ClockStamp,
+    ) -> Result<AppendOutcome, QueueError> {
+        if readings.is_empty() {
+            return Ok(AppendOutcome::default());
+        }
+        let result = self.append_inner(readings, stamp.wall.max(SystemTime::now()), Some(stamp));
+        if result.is_err() {
+            self.series.clear();
+        }
+        result
+    }
+
     /// [`Queue::append`] with an explicit clock, for tests.
     pub fn append_at(
         &mut self,
@@ -438,7 +466,7 @@ impl Queue {
         if readings.is_empty() {
             return Ok(AppendOutcome::default());
         }
-        let result = self.append_inner(readings, now);
+        let result = self.append_inner(readings, now, None);
         if result.is_err() {
             // The transaction rolled back; series ids it created are gone too.
             self.series.clear();
@@ -450,6 +478,7 @@ impl Queue {
         &mut self,
         readings: &[Reading],
         now: SystemTime,
+        stamp: Option<&ClockStamp>,
     ) -> Result<AppendOutcome, QueueError> {
         let mut outcome = AppendOutcome::default();
         let tx = self
@@ -504,9 +533,25 @@ impl Queue {
                     value,
                     reason
                 ])?;
+                if stamp.is_some_and(|s| s.synchronized && !s.trusts(r.ts)) {
+                    // A reading stamped before the build date by a synchronized clock (a
+                    // device's own clock): flagged alone, with no timeline to correct it.
+                    tx.prepare_cached(
+                        "INSERT INTO unsynced (first_seq, last_seq, boot, offset_us) VALUES (?1, ?1, '', 0)",
+                    )?
+                    .execute([seq as i64])?;
+                }
             }
         }
         let last = first + readings.len() as u64 - 1;
+        if let Some(stamp) = stamp.filter(|s| !s.synchronized) {
+            // The whole batch is on this boot's timeline: a reading's time since boot is
+            // `ts + offset`, one offset for the batch (both clocks were read together).
+            let offset = i64::try_from(stamp.since_boot.as_micros()).unwrap_or(i64::MAX)
+                - micros(stamp.wall);
+            tx.prepare_cached("INSERT INTO unsynced (first_seq, last_seq, boot, offset_us) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![first as i64, last as i64, stamp.boot, offset])?;
+        }
         tx.prepare_cached("INSERT INTO segments (first_seq, enq_ms) VALUES (?1, ?2)")?
             .execute(params![first as i64, millis(now)])?;
         tx.prepare_cached("UPDATE state SET next_seq = ?1, appended = appended + ?2 WHERE id = 1")?
@@ -546,6 +591,40 @@ impl Queue {
             "DELETE FROM segments WHERE first_seq < (SELECT max(first_seq) FROM segments WHERE first_seq <= ?1)",
         )?
         .execute([(through + 1) as i64])?;
+        tx.prepare_cached("DELETE FROM unsynced WHERE last_seq <= ?1")?
+            .execute([through as i64])?;
+        Ok(n as u64)
+    }
+
+    /// Re-stamps the unsynced readings of `now`'s boot now that the clock is synchronized:
+    /// each gets `now.wall - (now.since_boot - its since_boot)`, exact within one boot.
+    /// Returns how many. Readings of other boots stay unsynced.
+    pub fn restamp(&mut self, now: &ClockStamp) -> Result<u64, QueueError> {
+        if !now.synchronized {
+            return Ok(0);
+        }
+        let any: bool = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM unsynced WHERE boot = ?1)",
+            [&now.boot],
+            |r| r.get(0),
+        )?;
+        if !any {
+            return Ok(0);
+        }
+        let wall = micros(now.wall);
+        let mono = i64::try_from(now.since_boot.as_micros()).unwrap_or(i64::MAX);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // new ts = wall - (since_boot - (ts + offset)) = ts + offset + (wall - since_boot)
+        let n = tx.execute(
+            "UPDATE readings SET ts = ts + (SELECT u.offset_us FROM unsynced u
+                                            WHERE u.boot = ?3 AND readings.seq BETWEEN u.first_seq AND u.last_seq) + (?1 - ?2)
+             WHERE EXISTS (SELECT 1 FROM unsynced u WHERE u.boot = ?3 AND readings.seq BETWEEN u.first_seq AND u.last_seq)",
+            params![wall, mono, now.boot],
+        )?;
+        tx.execute("DELETE FROM unsynced WHERE boot = ?1", [&now.boot])?;
+        tx.commit()?;
         Ok(n as u64)
     }
 
@@ -761,6 +840,7 @@ fn peek(
         };
         out.push(Queued {
             seq: seq as u64,
+            unsynced: false,
             reading: Reading {
                 source: key.source,
                 device: key.device,
@@ -771,6 +851,27 @@ fn peek(
                 quality,
             },
         });
+    }
+    if let (Some(first), Some(last)) = (out.first().map(|q| q.seq), out.last().map(|q| q.seq)) {
+        // Readings whose clock could not be trusted: flagged, and never before the build date.
+        let mut flagged = conn.prepare_cached(
+            "SELECT first_seq, last_seq FROM unsynced WHERE last_seq >= ?1 AND first_seq <= ?2",
+        )?;
+        let ranges: Vec<(i64, i64)> = flagged
+            .query_map(params![first as i64, last as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        if !ranges.is_empty() {
+            let floor = crate::clock::build_floor();
+            for q in &mut out {
+                let seq = q.seq as i64;
+                if ranges.iter().any(|(a, b)| (*a..=*b).contains(&seq)) {
+                    q.unsynced = true;
+                    q.reading.ts = q.reading.ts.max(floor);
+                }
+            }
+        }
     }
     Ok(out)
 }

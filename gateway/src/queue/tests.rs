@@ -492,3 +492,99 @@ proptest! {
         }
     }
 }
+
+// ---- clock ------------------------------------------------------------------------------
+
+use crate::clock::{build_floor, ClockStamp};
+
+fn stamp(boot: &str, wall: SystemTime, since_boot_s: u64, synchronized: bool) -> ClockStamp {
+    ClockStamp {
+        boot: boot.into(),
+        wall,
+        since_boot: Duration::from_secs(since_boot_s),
+        synchronized,
+    }
+}
+
+fn at(wall: SystemTime, value: i64) -> Reading {
+    Reading::new("sim", "dev", "p", wall, Value::I64(value))
+}
+
+#[test]
+fn readings_taken_before_the_clock_synced_are_restamped_exactly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut q = open(dir.path(), QueueOptions::default(), &["up"]);
+    // A Pi without a real-time clock: 100 s after boot its wall clock says 1970 + 100 s.
+    let boot_wall = UNIX_EPOCH + Duration::from_secs(100);
+    let early = stamp("boot-a", boot_wall, 100, false);
+    // One reading taken 5 s before the commit, one at the commit.
+    q.append_stamped(
+        &[at(boot_wall - Duration::from_secs(5), 1), at(boot_wall, 2)],
+        &early,
+    )
+    .expect("append");
+    let before = q.peek(0, 10).expect("peek");
+    assert!(
+        before.iter().all(|r| r.unsynced),
+        "flagged while the clock is wrong"
+    );
+    assert!(
+        before.iter().all(|r| r.reading.ts == build_floor()),
+        "never before the build date"
+    );
+
+    // 60 s later NTP sets the clock: at 160 s after boot it reads T.
+    let t = build_floor() + Duration::from_secs(86_400);
+    assert_eq!(
+        q.restamp(&stamp("boot-a", t, 160, true)).expect("restamp"),
+        2
+    );
+    let after = q.peek(0, 10).expect("peek");
+    assert!(after.iter().all(|r| !r.unsynced));
+    // Taken at 95 s and 100 s after boot: T - 65 s and T - 60 s.
+    assert_eq!(after[0].reading.ts, t - Duration::from_secs(65));
+    assert_eq!(after[1].reading.ts, t - Duration::from_secs(60));
+    assert_eq!(
+        q.restamp(&stamp("boot-a", t, 161, true)).expect("again"),
+        0,
+        "done once"
+    );
+}
+
+#[test]
+fn readings_of_a_boot_that_never_synced_stay_flagged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut q = open(dir.path(), QueueOptions::default(), &["up"]);
+    let wall = UNIX_EPOCH + Duration::from_secs(30);
+    q.append_stamped(&[at(wall, 1)], &stamp("boot-a", wall, 30, false))
+        .expect("append");
+    // Rebooted; the new boot synchronizes: the old boot's timeline cannot be placed.
+    let t = build_floor() + Duration::from_secs(3600);
+    assert_eq!(
+        q.restamp(&stamp("boot-b", t, 20, true)).expect("restamp"),
+        0
+    );
+    let got = q.peek(0, 10).expect("peek");
+    assert!(got[0].unsynced, "still flagged");
+    assert_eq!(got[0].reading.ts, build_floor());
+    // Delivered and deleted: nothing is left behind.
+    q.ack("up", 1, 1).expect("ack");
+    let left: i64 = q
+        .conn
+        .query_row("SELECT count(*) FROM unsynced", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn a_synchronized_clock_is_trusted_except_before_the_build_date() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut q = open(dir.path(), QueueOptions::default(), &["up"]);
+    let now = build_floor() + Duration::from_secs(10);
+    let odd = UNIX_EPOCH + Duration::from_secs(31_536_000); // a device that thinks it is 1971
+    q.append_stamped(&[at(now, 1), at(odd, 2)], &stamp("boot-a", now, 500, true))
+        .expect("append");
+    let got = q.peek(0, 10).expect("peek");
+    assert_eq!((got[0].unsynced, got[1].unsynced), (false, true));
+    assert_eq!(got[0].reading.ts, now);
+}

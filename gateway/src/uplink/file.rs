@@ -198,6 +198,7 @@ mod tests {
     fn batch(from: u64, n: u64) -> Vec<Queued> {
         (from..from + n)
             .map(|seq| Queued {
+                unsynced: false,
                 seq,
                 reading: Reading::new("sim", "d", "p", UNIX_EPOCH, Value::I64(seq as i64)),
             })

@@ -20,6 +20,7 @@ fn settings(extra: &str) -> MqttSettings {
 
 fn q(seq: u64, device: &str, point: &str, value: Value) -> Queued {
     Queued {
+        unsynced: false,
         seq,
         reading: Reading::new(
             "plc",
