@@ -2,7 +2,7 @@ use super::*;
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use fieldgate_adapter::{BoxFuture, Reading, Value};
 
@@ -87,6 +87,10 @@ struct Recorder {
     historical: Arc<Mutex<Vec<bool>>>,
     script: Arc<Mutex<VecDeque<Result<(), SendError>>>>,
     calls: Arc<AtomicU32>,
+    /// While set, every send fails (a link that is down).
+    down: Arc<std::sync::atomic::AtomicBool>,
+    /// Everything delivered, as queued.
+    items: Arc<Mutex<Vec<Queued>>>,
 }
 
 impl Recorder {
@@ -119,9 +123,16 @@ impl Uplink for Recorder {
                 .expect("lock")
                 .extend(batch.iter().map(|_| historical));
             self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.down.load(Ordering::SeqCst) {
+                return Err(SendError::Retry("link down".into()));
+            }
             if let Some(result) = self.script.lock().expect("lock").pop_front() {
                 result?;
             }
+            self.items
+                .lock()
+                .expect("lock")
+                .extend(batch.iter().cloned());
             let mut d = self.delivered.lock().expect("lock");
             d.extend(
                 batch
@@ -560,4 +571,85 @@ async fn the_watchdog_is_pinged_only_while_the_pipeline_is_alive() {
     assert!(count(Duration::from_millis(800)) >= 2, "pings resume");
     stop.fire();
     running.stop().await.expect("stops");
+}
+
+/// The pipeline end to end with an injected clock: readings taken while the clock is wrong
+/// are delivered with exact times once it synchronizes, or flagged after a reboot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_from_before_a_clock_sync_are_delivered_with_corrected_times() {
+    use crate::clock::{build_floor, FakeClock};
+    for reboot in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path(), "flush_interval = \"5ms\"");
+        // 100 s after boot, a Pi without a real-time clock thinks it is 1970 + 100 s.
+        let clock = FakeClock::new(
+            UNIX_EPOCH + Duration::from_secs(100),
+            Duration::from_secs(100),
+            false,
+            "boot-a",
+        );
+        let stamper = Arc::clone(&clock);
+        let factory: AdapterFactory = Box::new(move || {
+            let clock = Arc::clone(&stamper);
+            Ok(
+                Box::new(FnAdapter(move |mut ctx: AdapterContext| async move {
+                    for i in 0..3 {
+                        let ts = crate::clock::Clock::wall(&*clock);
+                        ctx.readings
+                            .send(Reading::new("a", "d", "p", ts, Value::I64(i)))
+                            .await?;
+                    }
+                    ctx.shutdown.fired().await;
+                    Ok(())
+                })) as Box<dyn Adapter>,
+            )
+        });
+        let rec = Recorder::default();
+        rec.down.store(true, Ordering::SeqCst);
+        let opts = PipelineOptions {
+            clock: clock.clone(),
+            ..fast()
+        };
+        let parts = Parts {
+            adapters: vec![("a".into(), factory)],
+            uplinks: vec![(uplink_opts("rec"), Box::new(rec.clone()))],
+        };
+        let running = start_with(&cfg, parts, opts).await.expect("starts");
+        let queue = running.queue().clone();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while queue.stats().await.expect("stats").appended < 3 {
+            assert!(Instant::now() < deadline, "readings committed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // 60 s later NTP sets the clock to T (or, with `reboot`, a new boot syncs instead).
+        let t = build_floor() + Duration::from_secs(86_400);
+        clock.set(
+            t,
+            Duration::from_secs(160),
+            true,
+            if reboot { "boot-b" } else { "boot-a" },
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await; // the monitor ticks every second
+        rec.down.store(false, Ordering::SeqCst);
+        wait_until("delivery", || rec.items.lock().expect("lock").len() == 3).await;
+        let items = rec.items.lock().expect("lock").clone();
+        for q in &items {
+            if reboot {
+                assert!(q.unsynced, "flagged: its boot never synchronized");
+                assert_eq!(
+                    q.reading.ts,
+                    build_floor(),
+                    "and never before the build date"
+                );
+            } else {
+                assert!(!q.unsynced);
+                assert_eq!(
+                    q.reading.ts,
+                    t - Duration::from_secs(60),
+                    "taken 60 s before the sync"
+                );
+            }
+        }
+        running.stop().await.expect("stops");
+    }
 }
