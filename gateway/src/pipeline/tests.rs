@@ -304,10 +304,14 @@ async fn an_idle_forwarder_does_not_spin_after_rows_expired() {
         ..QueueOptions::default()
     };
     let mut q = Queue::open(&dir.path().join("q.db"), opts, &["up"]).expect("open");
-    let old = SystemTime::now() - Duration::from_secs(3600);
+    // Queued "at the build date" (the earliest age max_age trusts), expired an hour later.
+    let old = crate::clock::build_floor();
     q.append_at(&[reading("a", 1), reading("a", 2)], old)
         .expect("append");
-    assert_eq!(q.expire(SystemTime::now()).expect("expire"), 2);
+    assert_eq!(
+        q.expire(old + Duration::from_secs(3600)).expect("expire"),
+        2
+    );
     let queue = QueueHandle::new(q);
     let (trigger, shutdown) = fieldgate_adapter::ShutdownTrigger::new();
     let fwd = tokio::spawn(crate::uplink::forwarder(

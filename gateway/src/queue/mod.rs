@@ -450,7 +450,7 @@ impl Queue {
         if readings.is_empty() {
             return Ok(AppendOutcome::default());
         }
-        let result = self.append_inner(readings, stamp.wall.max(SystemTime::now()), Some(stamp));
+        let result = self.append_inner(readings, stamp.wall, Some(stamp));
         if result.is_err() {
             self.series.clear();
         }
@@ -623,6 +623,13 @@ impl Queue {
              WHERE EXISTS (SELECT 1 FROM unsynced u WHERE u.boot = ?3 AND readings.seq BETWEEN u.first_seq AND u.last_seq)",
             params![wall, mono, now.boot],
         )?;
+        // The batches' enqueue times came from the same wrong clock: correct them too, or
+        // `max_age` would expire them at once when the clock jumps forward.
+        tx.execute(
+            "UPDATE segments SET enq_ms = enq_ms + ((SELECT u.offset_us FROM unsynced u WHERE u.boot = ?3 AND u.first_seq = segments.first_seq) + (?1 - ?2)) / 1000
+             WHERE first_seq IN (SELECT first_seq FROM unsynced WHERE boot = ?3)",
+            params![wall, mono, now.boot],
+        )?;
         tx.execute("DELETE FROM unsynced WHERE boot = ?1", [&now.boot])?;
         tx.commit()?;
         Ok(n as u64)
@@ -640,8 +647,10 @@ impl Queue {
         // The first segment young enough to keep; everything before it goes.
         let keep_from: Option<i64> = tx
             .query_row(
-                "SELECT min(first_seq) FROM segments WHERE enq_ms >= ?1",
-                [cutoff],
+                // A batch enqueued by a clock that said "before this binary was built" has no
+                // usable age: it is kept (max_bytes still bounds the queue).
+                "SELECT min(first_seq) FROM segments WHERE enq_ms >= ?1 OR enq_ms < ?2",
+                [cutoff, millis(crate::clock::build_floor())],
                 |r| r.get(0),
             )
             .optional()?

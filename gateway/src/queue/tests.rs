@@ -588,3 +588,31 @@ fn a_synchronized_clock_is_trusted_except_before_the_build_date() {
     assert_eq!((got[0].unsynced, got[1].unsynced), (false, true));
     assert_eq!(got[0].reading.ts, now);
 }
+
+/// Regression: a batch enqueued while the clock said 1970 looked 56 years old once the clock
+/// was set, and `max_age` deleted it at once.
+#[test]
+fn max_age_does_not_expire_readings_queued_under_a_wrong_clock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = QueueOptions {
+        max_age: Some(Duration::from_secs(3600)),
+        ..QueueOptions::default()
+    };
+    let mut q = open(dir.path(), opts, &["up"]);
+    let wrong = UNIX_EPOCH + Duration::from_secs(100);
+    q.append_stamped(&[at(wrong, 1)], &stamp("boot-a", wrong, 100, false))
+        .expect("append");
+    let t = build_floor() + Duration::from_secs(86_400);
+    // Before the sync the batch's age is unknown: kept.
+    assert_eq!(q.expire(t).expect("expire"), 0);
+    // Synced 60 s after it was queued: re-stamped, and 60 s old, not 56 years.
+    q.restamp(&stamp("boot-a", t, 160, true)).expect("restamp");
+    assert_eq!(q.expire(t).expect("expire"), 0);
+    let s = stats(&q.conn, &q.path, t).expect("stats");
+    assert_eq!(s.oldest_age, Some(Duration::from_secs(60)));
+    assert_eq!(
+        q.expire(t + Duration::from_secs(3600)).expect("expire"),
+        1,
+        "expires an hour after it was queued"
+    );
+}
