@@ -151,7 +151,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         // Blocking work is SQLite (serialized by the queue's lock) and file writes: a few
         // threads suffice, and each extra thread costs a malloc arena of resident memory.
-        .max_blocking_threads(4)
+        .max_blocking_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")
