@@ -161,11 +161,12 @@ impl ClockStamp {
         self.synchronized && ts >= build_floor()
     }
 
-    /// Where a reading stamped `ts` (by the same, untrusted, wall clock) lies on the boot's
-    /// timeline.
-    pub fn since_boot_of(&self, ts: SystemTime) -> Duration {
-        let behind = self.wall.duration_since(ts).unwrap_or(Duration::ZERO);
-        self.since_boot.saturating_sub(behind)
+    /// Time since boot minus wall time, in microseconds: a reading stamped `ts` by this wall
+    /// clock lies at `ts + offset` on the boot's timeline, and a point of the timeline maps to
+    /// `point - offset` on this wall clock.
+    pub fn offset_us(&self) -> i64 {
+        i64::try_from(self.since_boot.as_micros()).unwrap_or(i64::MAX)
+            - crate::queue::micros(self.wall)
     }
 }
 

@@ -447,14 +447,7 @@ impl Queue {
         readings: &[Reading],
         stamp: &ClockStamp,
     ) -> Result<AppendOutcome, QueueError> {
-        if readings.is_empty() {
-            return Ok(AppendOutcome::default());
-        }
-        let result = self.append_inner(readings, stamp.wall, Some(stamp));
-        if result.is_err() {
-            self.series.clear();
-        }
-        result
+        self.append_inner(readings, stamp.wall, Some(stamp))
     }
 
     /// [`Queue::append`] with an explicit clock, for tests.
@@ -463,10 +456,19 @@ impl Queue {
         readings: &[Reading],
         now: SystemTime,
     ) -> Result<AppendOutcome, QueueError> {
+        self.append_inner(readings, now, None)
+    }
+
+    fn append_inner(
+        &mut self,
+        readings: &[Reading],
+        now: SystemTime,
+        stamp: Option<&ClockStamp>,
+    ) -> Result<AppendOutcome, QueueError> {
         if readings.is_empty() {
             return Ok(AppendOutcome::default());
         }
-        let result = self.append_inner(readings, now, None);
+        let result = self.append_tx(readings, now, stamp);
         if result.is_err() {
             // The transaction rolled back; series ids it created are gone too.
             self.series.clear();
@@ -474,7 +476,7 @@ impl Queue {
         result
     }
 
-    fn append_inner(
+    fn append_tx(
         &mut self,
         readings: &[Reading],
         now: SystemTime,
@@ -547,10 +549,8 @@ impl Queue {
         if let Some(stamp) = stamp.filter(|s| !s.synchronized) {
             // The whole batch is on this boot's timeline: a reading's time since boot is
             // `ts + offset`, one offset for the batch (both clocks were read together).
-            let offset = i64::try_from(stamp.since_boot.as_micros()).unwrap_or(i64::MAX)
-                - micros(stamp.wall);
             tx.prepare_cached("INSERT INTO unsynced (first_seq, last_seq, boot, offset_us) VALUES (?1, ?2, ?3, ?4)")?
-                .execute(params![first as i64, last as i64, stamp.boot, offset])?;
+                .execute(params![first as i64, last as i64, stamp.boot, stamp.offset_us()])?;
         }
         tx.prepare_cached("INSERT INTO segments (first_seq, enq_ms) VALUES (?1, ?2)")?
             .execute(params![first as i64, millis(now)])?;
@@ -611,24 +611,24 @@ impl Queue {
         if !any {
             return Ok(0);
         }
-        let wall = micros(now.wall);
-        let mono = i64::try_from(now.since_boot.as_micros()).unwrap_or(i64::MAX);
+        let now_offset = now.offset_us();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        // new ts = wall - (since_boot - (ts + offset)) = ts + offset + (wall - since_boot)
+        // On the timeline a reading lies at ts + offset; read back with the synchronized
+        // clock that is ts + offset - now_offset.
         let n = tx.execute(
             "UPDATE readings SET ts = ts + (SELECT u.offset_us FROM unsynced u
-                                            WHERE u.boot = ?3 AND readings.seq BETWEEN u.first_seq AND u.last_seq) + (?1 - ?2)
-             WHERE EXISTS (SELECT 1 FROM unsynced u WHERE u.boot = ?3 AND readings.seq BETWEEN u.first_seq AND u.last_seq)",
-            params![wall, mono, now.boot],
+                                            WHERE u.boot = ?2 AND readings.seq BETWEEN u.first_seq AND u.last_seq) - ?1
+             WHERE EXISTS (SELECT 1 FROM unsynced u WHERE u.boot = ?2 AND readings.seq BETWEEN u.first_seq AND u.last_seq)",
+            params![now_offset, now.boot],
         )?;
         // The batches' enqueue times came from the same wrong clock: correct them too, or
         // `max_age` would expire them at once when the clock jumps forward.
         tx.execute(
-            "UPDATE segments SET enq_ms = enq_ms + ((SELECT u.offset_us FROM unsynced u WHERE u.boot = ?3 AND u.first_seq = segments.first_seq) + (?1 - ?2)) / 1000
-             WHERE first_seq IN (SELECT first_seq FROM unsynced WHERE boot = ?3)",
-            params![wall, mono, now.boot],
+            "UPDATE segments SET enq_ms = enq_ms + ((SELECT u.offset_us FROM unsynced u WHERE u.boot = ?2 AND u.first_seq = segments.first_seq) - ?1) / 1000
+             WHERE first_seq IN (SELECT first_seq FROM unsynced WHERE boot = ?2)",
+            params![now_offset, now.boot],
         )?;
         tx.execute("DELETE FROM unsynced WHERE boot = ?1", [&now.boot])?;
         tx.commit()?;
