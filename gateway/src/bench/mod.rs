@@ -109,14 +109,8 @@ impl Probe {
 
 /// Runs every phase and returns the figures.
 pub async fn run(opts: &BenchOptions) -> Result<BenchReport, QueueError> {
-    std::fs::create_dir_all(&opts.dir).map_err(|e| {
-        QueueError::Incompatible(format!("cannot create {}: {e}", opts.dir.display()))
-    })?;
-    // Absolute, because the pipeline phase resolves paths against its config's directory.
-    let dir = std::fs::canonicalize(&opts.dir)
-        .map_err(|e| QueueError::Incompatible(format!("{}: {e}", opts.dir.display())))?;
     let opts = &BenchOptions {
-        dir,
+        dir: bench_dir(&opts.dir)?,
         ..opts.clone()
     };
     let mut report = BenchReport::default();
@@ -149,14 +143,29 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, QueueError> {
             });
         }
     }
-    report.peak_rss = report
-        .phases
-        .iter()
-        .map(|p| p.peak_rss)
-        .max()
-        .unwrap_or(0)
-        .max(peak_rss());
+    report.set_peak_rss();
     Ok(report)
+}
+
+impl BenchReport {
+    /// The run's peak: the highest of the phases' (each reset its own) and of now.
+    fn set_peak_rss(&mut self) {
+        self.peak_rss = self
+            .phases
+            .iter()
+            .map(|p| p.peak_rss)
+            .max()
+            .unwrap_or(0)
+            .max(peak_rss());
+    }
+}
+
+/// Creates the bench directory and returns it absolute: the pipeline phases resolve paths
+/// against their config's directory.
+fn bench_dir(dir: &Path) -> Result<PathBuf, QueueError> {
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::canonicalize(dir))
+        .map_err(|e| QueueError::Incompatible(format!("bench directory {}: {e}", dir.display())))
 }
 
 fn fresh_db(dir: &Path, name: &str) -> PathBuf {

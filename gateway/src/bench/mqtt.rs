@@ -14,7 +14,7 @@ use std::time::Duration;
 use fieldgate_adapter::Adapter;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-use super::{bench_config, fresh_db, peak_rss, sample_batch, BenchReport, Phase, Probe};
+use super::{bench_config, bench_dir, fresh_db, sample_batch, BenchReport, Phase, Probe};
 use crate::pipeline::{self, AdapterFactory, Parts, PipelineOptions};
 use crate::queue::{Durability, Queue, QueueError, QueueOptions, Queued};
 use crate::uplink::mqtt::{build_messages, MqttSettings, MqttUplink, MqttUplinkConfig};
@@ -25,11 +25,9 @@ fn err(e: impl std::fmt::Display) -> QueueError {
 }
 
 fn settings(url: &str) -> Result<MqttSettings, QueueError> {
-    use figment::providers::Format;
-    let raw: MqttUplinkConfig = figment::Figment::from(figment::providers::Toml::string(&format!(
+    let raw = MqttUplinkConfig::from_toml(&format!(
         "url = \"{url}\"\nstatus_topic = \"\"\nclient_id = \"fieldgate-bench\""
-    )))
-    .extract()
+    ))
     .map_err(err)?;
     raw.settings("bench", Path::new("."), &[])
         .map_err(|p| err(format!("{p:?}")))
@@ -37,8 +35,7 @@ fn settings(url: &str) -> Result<MqttSettings, QueueError> {
 
 /// Runs the three MQTT phases with `n` readings each.
 pub async fn run(url: &str, dir: &Path, n: u64, batch: usize) -> Result<BenchReport, QueueError> {
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let dir = std::fs::canonicalize(dir).map_err(err)?;
+    let dir = bench_dir(dir)?;
     let s = settings(url)?;
     let mut report = BenchReport::default();
     report.phases.push(Phase {
@@ -57,13 +54,7 @@ pub async fn run(url: &str, dir: &Path, n: u64, batch: usize) -> Result<BenchRep
         name: "mqtt: live sim→queue→mqtt".into(),
         ..drain(&s, &dir, n, batch, true).await?
     });
-    report.peak_rss = report
-        .phases
-        .iter()
-        .map(|p| p.peak_rss)
-        .max()
-        .unwrap_or(0)
-        .max(peak_rss());
+    report.set_peak_rss();
     Ok(report)
 }
 

@@ -320,6 +320,15 @@ pub fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
 }
 
 impl MqttUplinkConfig {
+    /// Parses the keys of a `type = "mqtt"` section (without `id` and `type`) from TOML text,
+    /// for tools and tests that build an uplink without a site config.
+    pub fn from_toml(text: &str) -> Result<MqttUplinkConfig, String> {
+        use figment::providers::{Format, Toml};
+        figment::Figment::from(Toml::string(text))
+            .extract()
+            .map_err(|e| e.to_string())
+    }
+
     /// Validates the section and resolves it. `gateway` is the gateway id, `base` the config
     /// directory, `env` the process environment (for secrets).
     pub fn settings(

@@ -16,11 +16,8 @@ use crate::pipeline::{start_with, AdapterFactory, Parts, PipelineOptions, Runnin
 use crate::uplink::ForwarderOptions;
 
 fn settings(url: &str, extra: &str) -> MqttSettings {
-    use figment::providers::Format;
-    let text = format!("url = \"{url}\"\n{extra}");
-    let raw: MqttUplinkConfig = figment::Figment::from(figment::providers::Toml::string(&text))
-        .extract()
-        .expect("valid section");
+    let raw =
+        MqttUplinkConfig::from_toml(&format!("url = \"{url}\"\n{extra}")).expect("valid section");
     raw.settings("gw", Path::new("."), &[])
         .expect("valid settings")
 }

@@ -1,10 +1,7 @@
 use super::*;
 
 fn section(text: &str) -> MqttUplinkConfig {
-    use figment::providers::Format;
-    figment::Figment::from(figment::providers::Toml::string(text))
-        .extract()
-        .expect("section parses")
+    MqttUplinkConfig::from_toml(text).expect("section parses")
 }
 
 fn base() -> PathBuf {

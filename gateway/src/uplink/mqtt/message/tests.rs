@@ -9,10 +9,7 @@ const GW: Origin<'static> = Origin {
 };
 
 fn settings(extra: &str) -> MqttSettings {
-    let text = format!("url = \"mqtt://localhost\"\n{extra}");
-    use figment::providers::Format;
-    let raw: MqttUplinkConfig = figment::Figment::from(figment::providers::Toml::string(&text))
-        .extract()
+    let raw = MqttUplinkConfig::from_toml(&format!("url = \"mqtt://localhost\"\n{extra}"))
         .expect("valid section");
     raw.settings("gw", Path::new("."), &[])
         .expect("valid settings")
