@@ -367,16 +367,11 @@ pub async fn forwarder(
             let (delivery, not_taken) = if batch.is_empty() {
                 (settled(Ok(Delivery::all())), false)
             } else {
-                // Handing over may wait (for a connection, say); shutdown does not wait for it.
-                // Nothing handed over half-way is acknowledged, so dropping it loses nothing.
-                let sent = tokio::select! {
-                    r = uplink.send(&batch, stream == Stream::Backlog) => Some(r),
-                    () = shutdown.fired() => None,
-                };
-                match sent {
-                    None => break,
-                    Some(Ok(d)) => (d, false),
-                    Some(Err(e)) => (settled(Err(e)), true),
+                // Never cancelled: a file uplink's hand-over is the durable write itself, and
+                // cutting it short would deliver the batch without acknowledging it.
+                match uplink.send(&batch, stream == Stream::Backlog).await {
+                    Ok(d) => (d, false),
+                    Err(e) => (settled(Err(e)), true),
                 }
             };
             f.inflight.push_back(InFlight {
