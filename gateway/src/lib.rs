@@ -10,7 +10,7 @@
 // the kernel's clock-synchronization state (no safe wrapper exists); see the SAFETY comment there.
 #![deny(unsafe_code)]
 
-pub mod backoff;
+pub use fieldgate_adapter::backoff;
 pub mod bench;
 pub mod broker;
 pub mod clock;

@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 mod command;
 pub mod duration;
 mod reading;

@@ -1,4 +1,4 @@
-//! Jittered exponential backoff, for uplink retries and adapter restarts.
+//! Jittered exponential backoff: uplink retries, adapter restarts, reconnects inside adapters.
 
 use std::time::Duration;
 
