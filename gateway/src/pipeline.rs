@@ -116,6 +116,13 @@ impl Parts {
                                 .map(|s| Box::new(s) as Box<dyn Adapter>)
                         })
                     }
+                    AdapterConfig::Modbus(m) => {
+                        let m = m.clone();
+                        Box::new(move || {
+                            fieldgate_modbus::Modbus::new(&m)
+                                .map(|a| Box::new(a) as Box<dyn Adapter>)
+                        })
+                    }
                 };
                 (a.id.clone(), factory)
             })

@@ -13,7 +13,8 @@
 //!
 //! 16-bit values: `ABCD` and `CDAB` read `AB`; `BADC` and `DCBA` read the two bytes swapped.
 //! Strings are two characters per register in register order; `BADC` and `DCBA` swap the two
-//! characters of each register. Every transform is its own inverse, so the same function
+//! characters of each register. `bit` numbers the bits of a register as transmitted (0 is
+//! the least significant); byte order does not apply to it. Every transform is its own inverse, so the same function
 //! encodes writes.
 
 use std::fmt;

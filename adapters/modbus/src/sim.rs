@@ -52,6 +52,8 @@ pub struct Faults {
     pub silent_units: HashSet<u8>,
     /// Every answer waits this long.
     pub delay: Duration,
+    /// Answers from these units wait this long (a slow slave answering late).
+    pub slow_units: HashMap<u8, Duration>,
     /// Every request is answered with this exception.
     pub exception: Option<ExceptionCode>,
 }
@@ -277,7 +279,10 @@ impl Service for SimServer {
     type Future = Answer;
 
     fn call(&self, req: Self::Request) -> Self::Future {
-        let delay = self.faults().delay;
+        let delay = {
+            let f = self.faults();
+            f.slow_units.get(&req.slave).copied().unwrap_or(f.delay)
+        };
         let answer = self.answer(&req);
         Box::pin(async move {
             if !delay.is_zero() {

@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fieldgate_modbus::ModbusConfig;
 use fieldgate_simulator::SimulatorConfig;
 use figment::value::Value;
 use serde::Deserialize;
@@ -206,16 +207,19 @@ pub struct AdapterSection {
 pub enum AdapterConfig {
     /// `type = "simulator"`.
     Simulator(SimulatorConfig),
+    /// `type = "modbus"`.
+    Modbus(ModbusConfig),
 }
 
 impl AdapterConfig {
     /// Every value of `type`.
-    pub const TYPES: &'static [&'static str] = &["simulator"];
+    pub const TYPES: &'static [&'static str] = &["simulator", "modbus"];
 
     /// The `type` string.
     pub fn type_name(&self) -> &'static str {
         match self {
             AdapterConfig::Simulator(_) => "simulator",
+            AdapterConfig::Modbus(_) => "modbus",
         }
     }
 }
@@ -732,6 +736,17 @@ fn adapter(c: &mut Collector, entry: &Value, at: &KeyPath, base: &Path) -> Optio
                 return None;
             }
             AdapterConfig::Simulator(cfg)
+        }
+        "modbus" => {
+            let cfg: ModbusConfig = c.extract_with(&rest, at, ADAPTER_KEYS)?;
+            let problems = cfg.validate();
+            if !problems.is_empty() {
+                for p in problems {
+                    c.push(at.join_str(&p.key), p.message);
+                }
+                return None;
+            }
+            AdapterConfig::Modbus(cfg)
         }
         _ => return None,
     };
