@@ -17,9 +17,41 @@ use crate::broker::{Broker, BrokerOptions};
 use crate::config::{Config, ConfigErrors};
 use crate::pipeline::{self, PipelineError};
 use crate::uplink::mqtt::parse_url;
+use fieldgate_modbus::sim::{water_tank, SimServer};
 
 /// The demo site, as shipped in `config/demo.toml`.
 pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
+/// The water-tank example, as shipped in `config/water-tank.toml`.
+pub const WATER_TANK_CONFIG: &str = include_str!("../../config/water-tank.toml");
+
+/// Which site the demo runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Site {
+    /// `config/demo.toml`: a simulated pump station (the simulator adapter), to MQTT and a
+    /// JSON Lines archive.
+    #[default]
+    PumpStation,
+    /// `config/water-tank.toml` unchanged but for its serial port and broker: three simulated
+    /// Modbus RTU tanks on a pseudo-terminal.
+    WaterTank,
+}
+
+impl Site {
+    fn text(self) -> (&'static str, &'static str) {
+        match self {
+            Site::PumpStation => ("demo.toml", DEMO_CONFIG),
+            Site::WaterTank => ("water-tank.toml", WATER_TANK_CONFIG),
+        }
+    }
+
+    /// The topic filter that catches the site's messages.
+    fn filter(self, gateway: &str) -> String {
+        match self {
+            Site::PumpStation => format!("fieldgate/{gateway}/#"),
+            Site::WaterTank => format!("water/{gateway}/#"),
+        }
+    }
+}
 
 /// Why the demo could not run.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +72,18 @@ pub enum DemoError {
 
 /// The demo config with its state under `dir`, publishing to `broker_url`.
 pub fn config(dir: &Path, broker_url: &str) -> Result<Config, ConfigErrors> {
-    let env = vec![
+    site_config(Site::PumpStation, dir, broker_url, None)
+}
+
+/// The config of `site` with its state under `dir`, publishing to `broker_url`; `serial` is
+/// the port of the water tanks' simulated bus.
+pub fn site_config(
+    site: Site,
+    dir: &Path,
+    broker_url: &str,
+    serial: Option<&str>,
+) -> Result<Config, ConfigErrors> {
+    let mut env = vec![
         (
             "FIELDGATE_GATEWAY__DATA_DIR".to_string(),
             dir.display().to_string(),
@@ -49,17 +92,68 @@ pub fn config(dir: &Path, broker_url: &str) -> Result<Config, ConfigErrors> {
             "FIELDGATE_UPLINKS__0__URL".to_string(),
             format!("\"{broker_url}\""),
         ),
-        (
+    ];
+    match site {
+        Site::PumpStation => env.push((
             "FIELDGATE_UPLINKS__1__PATH".to_string(),
             dir.join("readings.jsonl").display().to_string(),
-        ),
-    ];
-    Config::from_toml(&dir.join("demo.toml"), DEMO_CONFIG, &env)
+        )),
+        Site::WaterTank => {
+            env.push((
+                "FIELDGATE_ADAPTERS__0__PORT".to_string(),
+                serial.unwrap_or("/dev/null").to_string(),
+            ));
+            // The embedded broker takes any password; the example reads it from here.
+            env.push(("MQTT_PASSWORD".to_string(), "demo".to_string()));
+        }
+    }
+    let (name, text) = site.text();
+    Config::from_toml(&dir.join(name), text, &env)
+}
+
+/// Three simulated tanks (units 1-3) on a pseudo-terminal; returns the path of the port for
+/// the gateway and the handles that keep the bus alive.
+fn tank_bus() -> std::io::Result<(String, TankBus)> {
+    use tokio_serial::SerialPort;
+    let server = SimServer::new(&[1, 2, 3]);
+    let animations = (1..=3).map(|u| water_tank(&server, u)).collect();
+    let (master, slave) = tokio_serial::SerialStream::pair()?;
+    let path = slave
+        .name()
+        .ok_or_else(|| std::io::Error::other("the pseudo-terminal has no name"))?;
+    let serve = tokio::spawn(async move {
+        let _ = server.serve_rtu(master).await;
+    });
+    Ok((
+        path,
+        TankBus {
+            _slave: slave,
+            tasks: animations,
+            serve,
+        },
+    ))
+}
+
+/// Keeps the simulated bus running; stops it when dropped.
+struct TankBus {
+    _slave: tokio_serial::SerialStream,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    serve: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TankBus {
+    fn drop(&mut self) {
+        self.serve.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 /// Runs the demo until `duration` passes or `shutdown` fires. `broker` is a broker url to use
 /// instead of the embedded one.
 pub async fn run(
+    site: Site,
     duration: Option<Duration>,
     broker: Option<String>,
     mut shutdown: Shutdown,
@@ -79,9 +173,22 @@ pub async fn run(
             (Some(b), url)
         }
     };
-    let config = config(dir.path(), &url)?;
+    let (serial, _bus) = match site {
+        Site::WaterTank => {
+            let (path, bus) = tank_bus()?;
+            (Some(path), Some(bus))
+        }
+        Site::PumpStation => (None, None),
+    };
+    let config = site_config(site, dir.path(), &url, serial.as_deref())?;
+    let what = match (site, &serial) {
+        (Site::WaterTank, Some(path)) => {
+            format!("three Modbus RTU tanks on {path} (config/water-tank.toml)")
+        }
+        _ => "simulated pump station (config/demo.toml)".to_string(),
+    };
     println!(
-        "fieldgate demo: simulated pump station -> queue -> MQTT {} ({}) -> subscriber below",
+        "fieldgate demo: {what} -> queue -> MQTT {} ({}) -> subscriber below",
         url,
         if embedded.is_some() {
             "embedded broker"
@@ -89,15 +196,15 @@ pub async fn run(
             "your broker"
         }
     );
-    println!(
-        "archive: {}   (Ctrl-C to stop)\n",
-        dir.path().join("readings.jsonl").display()
-    );
+    if site == Site::PumpStation {
+        println!("archive: {}", dir.path().join("readings.jsonl").display());
+    }
+    println!("(Ctrl-C to stop)\n");
     let subscriber = match parse_url(&url) {
         Ok((false, host, port)) => Some(tokio::spawn(subscribe(
             host,
             port,
-            config.gateway.id.clone(),
+            site.filter(&config.gateway.id),
         ))),
         Ok((true, _, _)) => {
             println!(
@@ -149,8 +256,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Prints every reading that arrives on `fieldgate/<gateway>/#`.
-async fn subscribe(host: String, port: u16, gateway: String) {
+/// Prints every reading that arrives on `filter`.
+async fn subscribe(host: String, port: u16, filter: String) {
     let mut opts = MqttOptions::new(
         format!("fieldgate-demo-subscriber-{}", std::process::id()),
         host,
@@ -159,7 +266,6 @@ async fn subscribe(host: String, port: u16, gateway: String) {
     opts.set_keep_alive(Duration::from_secs(10));
     opts.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut el) = AsyncClient::new(opts, 16);
-    let filter = format!("fieldgate/{gateway}/#");
     loop {
         match el.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -191,9 +297,13 @@ fn print_message(topic: &str, body: &[u8]) {
             .as_str()
             .map(|u| format!(" {u}"))
             .unwrap_or_default();
+        let quality = match r["quality"].as_str() {
+            Some("good") | None => String::new(),
+            Some(q) => format!(" ({q}: {})", r["reason"].as_str().unwrap_or("?")),
+        };
         let _ = writeln!(
             out,
-            "#{:<8} {}  {}/{}/{} = {value}{unit}   [mqtt {topic}]",
+            "#{:<8} {}  {}/{}/{} = {value}{unit}{quality}   [mqtt {topic}]",
             r["seq"],
             r["ts"].as_str().unwrap_or(""),
             v["adapter"].as_str().unwrap_or(""),

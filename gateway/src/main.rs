@@ -47,6 +47,10 @@ enum Command {
         /// Publish to this broker instead of the embedded one, like mqtt://localhost:1883.
         #[arg(long)]
         broker: Option<String>,
+        /// The site: "pump-station" (config/demo.toml, simulated devices) or "water-tank"
+        /// (config/water-tank.toml: three Modbus RTU tanks simulated on a pseudo-terminal).
+        #[arg(long, value_enum, default_value = "pump-station")]
+        site: DemoSite,
     },
     /// Measure the queue and the pipeline at full rate beside a bare rusqlite loop.
     Bench {
@@ -82,6 +86,15 @@ struct ConfigArg {
         default_value = "/etc/fieldgate/fieldgate.toml"
     )]
     config: PathBuf,
+}
+
+/// The sites `fieldgate demo` can run.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DemoSite {
+    /// config/demo.toml: a simulated pump station.
+    PumpStation,
+    /// config/water-tank.toml: three Modbus RTU tanks simulated on a pseudo-terminal.
+    WaterTank,
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,14 +215,22 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
                 })
             })
         }
-        Command::Demo { duration, broker } => {
+        Command::Demo {
+            duration,
+            broker,
+            site,
+        } => {
             init_logging(
                 rust_log.as_deref().unwrap_or("warn"),
                 cli.log_format.unwrap_or_default(),
             );
             let rt = runtime()?;
             rt.block_on(async {
-                demo::run(duration, broker, signals()?).await?;
+                let site = match site {
+                    DemoSite::PumpStation => demo::Site::PumpStation,
+                    DemoSite::WaterTank => demo::Site::WaterTank,
+                };
+                demo::run(site, duration, broker, signals()?).await?;
                 anyhow::Ok(ExitCode::SUCCESS)
             })
         }

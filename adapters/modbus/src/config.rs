@@ -543,14 +543,23 @@ impl PointConfig {
     /// key at fault.
     pub fn resolve(&self, dev: &DeviceConfig) -> Result<Resolved, (&'static str, String)> {
         let (table, offset) = match (&self.address, self.table) {
-            (Address::Offset(_), None) => {
+            (Address::Offset(o), None) => {
+                let hint = if matches!(o / 10_000, 1 | 3 | 4) {
+                    format!(
+                        "{o} looks like a Modicon reference: write it as a string, address = \
+                         \"{o}\"; "
+                    )
+                } else {
+                    String::new()
+                };
                 return Err((
                     "table",
-                    "a numeric address is 0-based and needs `table` (\"coil\", \
-                     \"discrete_input\", \"input_register\" or \"holding_register\"); or write \
-                     a Modicon reference as a string, like address = \"40001\""
-                        .into(),
-                ))
+                    format!(
+                        "{hint}a numeric address is 0-based and needs `table` (\"coil\", \
+                         \"discrete_input\", \"input_register\" or \"holding_register\"), or \
+                         write a Modicon reference as a string, like address = \"40001\""
+                    ),
+                ));
             }
             (Address::Offset(o), Some(t)) => (t, *o),
             (

@@ -345,8 +345,9 @@ pub fn water_tank(server: &SimServer, unit: u8) -> JoinHandle<()> {
     server.set_holding(unit, 10, &serial);
     let server = server.clone();
     tokio::spawn(async move {
-        let mut level: f64 = 250.0;
-        let mut t: f64 = 0.0;
+        // Each unit starts at its own level and phase, so several tanks differ.
+        let mut level: f64 = 120.0 + 70.0 * f64::from(unit % 4);
+        let mut t: f64 = 30.0 * f64::from(unit);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tick.tick().await;
