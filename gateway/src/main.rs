@@ -71,8 +71,16 @@ enum Command {
         skip_pipeline: bool,
         /// Measure the MQTT uplink against this broker instead (e.g. a local Mosquitto at
         /// mqtt://127.0.0.1:1883), beside a bare rumqttc publisher.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "modbus")]
         mqtt: Option<String>,
+        /// Measure the Modbus adapter instead: scans of --points holding registers on a
+        /// loopback Modbus TCP server (requests per scan, coalesced and not), then points/s
+        /// into the queue.
+        #[arg(long)]
+        modbus: bool,
+        /// Holding registers for --modbus.
+        #[arg(long, default_value_t = 10_000)]
+        points: u16,
     },
 }
 
@@ -242,6 +250,8 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
             batch,
             skip_pipeline,
             mqtt,
+            modbus,
+            points,
         } => {
             init_logging(
                 rust_log.as_deref().unwrap_or("warn"),
@@ -276,6 +286,12 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
                 Some(url) => {
                     rt.block_on(bench::run_mqtt(&url, &opts.dir, opts.readings, opts.batch))?
                 }
+                None if modbus => rt.block_on(bench::run_modbus(
+                    &opts.dir,
+                    points.max(1),
+                    opts.readings,
+                    opts.batch,
+                ))?,
                 None => rt.block_on(bench::run(&opts))?,
             };
             print!("{}", bench::render(&report));

@@ -24,7 +24,9 @@ use crate::pipeline::{self, AdapterFactory, Parts, PipelineOptions};
 use crate::queue::{Durability, Queue, QueueError, QueueOptions};
 use crate::uplink::{FileUplink, ForwarderOptions};
 
+mod modbus;
 mod mqtt;
+pub use modbus::run as run_modbus;
 pub use mqtt::run as run_mqtt;
 
 /// What to measure.
@@ -516,5 +518,26 @@ mod tests {
             table.contains("vs bare") && table.contains("peak RSS of the run"),
             "{table}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_modbus_bench_counts_requests_per_scan() {
+        let target = concat!(env!("CARGO_MANIFEST_DIR"), "/../target");
+        std::fs::create_dir_all(target).expect("target dir");
+        let dir = tempfile::tempdir_in(target).expect("tempdir");
+        let report = run_modbus(dir.path(), 1000, 5000, 1000)
+            .await
+            .expect("bench runs");
+        let names: Vec<_> = report.phases.iter().map(|p| p.name.as_str()).collect();
+        // 1000 contiguous registers: 8 reads of at most 125 coalesced, 1000 without.
+        assert_eq!(
+            names,
+            [
+                "modbus scan, coalesced: 8 requests",
+                "modbus scan, 1 per point: 1000 requests",
+                "modbus: scans of 1000 → queue"
+            ]
+        );
+        assert!(report.phases[2].readings >= 5000, "{:?}", report.phases[2]);
     }
 }
