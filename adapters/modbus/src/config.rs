@@ -446,6 +446,14 @@ impl ModbusConfig {
             if dev.unit > 247 {
                 push(dk("unit"), "a unit id is 0-247".into());
             }
+            if dev.unit == 0 && self.transport != Transport::Tcp {
+                push(
+                    dk("unit"),
+                    "unit 0 is the broadcast address on a serial bus: no device answers a read \
+                     sent to it; use the device's own id (1-247)"
+                        .into(),
+                );
+            }
             if dev.interval.is_some_and(|i| i.is_zero()) {
                 push(dk("interval"), "must be greater than zero".into());
             }
@@ -679,5 +687,145 @@ impl PointConfig {
             order: self.byte_order.unwrap_or(dev.byte_order),
             bit,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `address` as written → (table, 0-based offset), or the start of the error.
+    fn check(text: &str, expected: Result<(Table, u16), &str>) {
+        let got = Address::parse_reference(text).map(|a| match a {
+            Address::Reference { table, offset, .. } => (table, offset),
+            Address::Offset(o) => panic!("a string never parses to a bare offset: {o}"),
+        });
+        match (got, expected) {
+            (Ok(g), Ok(e)) => assert_eq!(g, e, "{text}"),
+            (Err(g), Err(e)) => assert!(g.contains(e), "{text}: {g}"),
+            (g, e) => panic!("{text}: got {g:?}, expected {e:?}"),
+        }
+    }
+
+    #[test]
+    fn modicon_references_in_five_and_six_digits() {
+        check("40001", Ok((Table::HoldingRegister, 0)));
+        check("400001", Ok((Table::HoldingRegister, 0)));
+        check("49999", Ok((Table::HoldingRegister, 9998)));
+        check("465536", Ok((Table::HoldingRegister, 65535)));
+        check("30010", Ok((Table::InputRegister, 9)));
+        check("10001", Ok((Table::DiscreteInput, 0)));
+        check("00001", Ok((Table::Coil, 0)));
+        check("000017", Ok((Table::Coil, 16)));
+        check("40000", Err("counts from 1"));
+        check("465537", Err("counts from 1"));
+        check("20001", Err("starts with 0 (coil)"));
+        check("4001", Err("not a Modicon reference"));
+        check("4x001", Err("not a Modicon reference"));
+    }
+
+    fn device(points: &str) -> Result<Vec<Resolved>, Vec<ConfigProblem>> {
+        let text = format!(
+            "transport = \"rtu\"\nport = \"/dev/ttyUSB0\"\n[[devices]]\nid = \"d\"\n{points}"
+        );
+        let cfg: ModbusConfig = figment::Figment::from(figment::providers::Toml::string(&text))
+            .extract()
+            .expect("parses");
+        let problems = cfg.validate();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let dev = &cfg.devices[0];
+        Ok(dev
+            .points
+            .iter()
+            .map(|p| p.resolve(dev).expect("valid"))
+            .collect())
+    }
+
+    fn problem(points: &str) -> (String, String) {
+        let p = device(points).expect_err("invalid").remove(0);
+        (p.key, p.message)
+    }
+
+    use figment::providers::Format;
+
+    #[test]
+    fn numeric_and_reference_addresses_name_the_same_register() {
+        let r = device(
+            "[[devices.points]]\nname = \"a\"\naddress = \"40001\"\n\
+             [[devices.points]]\nname = \"b\"\naddress = 0\ntable = \"holding_register\"\n\
+             [[devices.points]]\nname = \"c\"\naddress = \"40011\"\ntype = \"f64\"\nbyte_order = \"DCBA\"",
+        )
+        .expect("valid");
+        assert_eq!(r[0], r[1]);
+        assert_eq!(
+            (r[2].offset, r[2].count, r[2].order),
+            (10, 4, ByteOrder::Dcba)
+        );
+    }
+
+    #[test]
+    fn mistakes_name_the_key_and_say_what_to_do() {
+        let cases = [
+            (
+                "address = 40001",
+                "devices[0].points[0].table",
+                "looks like a Modicon reference",
+            ),
+            (
+                "address = \"30001\"\nwritable = true",
+                "devices[0].points[0].writable",
+                "read-only",
+            ),
+            (
+                "address = \"00001\"\ntype = \"u16\"",
+                "devices[0].points[0].type",
+                "one bit",
+            ),
+            (
+                "address = \"40001\"\ntype = \"bool\"",
+                "devices[0].points[0].type",
+                "type \"bit\"",
+            ),
+            (
+                "address = \"40001\"\ntype = \"string\"",
+                "devices[0].points[0].length",
+                "needs `length`",
+            ),
+            (
+                "address = \"40001\"\ntype = \"bit\"",
+                "devices[0].points[0].bit",
+                "0 (least significant) to 15",
+            ),
+            (
+                "address = \"465536\"\ntype = \"u32\"",
+                "devices[0].points[0].address",
+                "run past 65535",
+            ),
+            (
+                "address = \"40001\"\ntable = \"coil\"",
+                "devices[0].points[0].table",
+                "holding_register reference",
+            ),
+            (
+                "address = \"40001\"\nheartbeat = \"1m\"",
+                "devices[0].points[0].heartbeat",
+                "with `deadband`",
+            ),
+            (
+                "address = \"40001\"\nscale = 0.0",
+                "devices[0].points[0].scale",
+                "must not be zero",
+            ),
+        ];
+        for (point, key, msg) in cases {
+            let (k, m) = problem(&format!("[[devices.points]]\nname = \"p\"\n{point}"));
+            assert_eq!(k, key, "{point}");
+            assert!(m.contains(msg), "{point}: {m}");
+        }
+        let (k, m) = problem("unit = 0\n[[devices.points]]\nname = \"p\"\naddress = \"40001\"");
+        assert_eq!(k, "devices[0].unit");
+        assert!(m.contains("broadcast"), "{m}");
     }
 }

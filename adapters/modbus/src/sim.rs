@@ -152,12 +152,20 @@ impl SimServer {
 
     /// Serves Modbus TCP on `listener` until the handle is killed or dropped.
     pub fn serve_tcp(&self, listener: TcpListener) -> TcpHandle {
+        self.serve_on(listener, false)
+    }
+
+    /// Serves Modbus RTU frames over TCP (a serial device server) on `listener`.
+    pub fn serve_rtu_over_tcp(&self, listener: TcpListener) -> TcpHandle {
+        self.serve_on(listener, true)
+    }
+
+    fn serve_on(&self, listener: TcpListener, rtu_framing: bool) -> TcpHandle {
         let addr = listener.local_addr().ok();
         let conns: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
         let server = self.clone();
         let track = conns.clone();
         let task = tokio::spawn(async move {
-            let tcp = tokio_modbus::server::tcp::Server::new(listener);
             let on_connected = move |stream: TcpStream, _addr: SocketAddr| {
                 let server = server.clone();
                 let track = track.clone();
@@ -170,7 +178,13 @@ impl SimServer {
                     Ok(Some((server, stream)))
                 }
             };
-            let _ = tcp.serve(&on_connected, |_err| {}).await;
+            if rtu_framing {
+                let server = tokio_modbus::server::rtu_over_tcp::Server::new(listener);
+                let _ = server.serve(&on_connected, |_err| {}).await;
+            } else {
+                let server = tokio_modbus::server::tcp::Server::new(listener);
+                let _ = server.serve(&on_connected, |_err| {}).await;
+            }
         });
         TcpHandle { addr, task, conns }
     }

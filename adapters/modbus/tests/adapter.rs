@@ -595,3 +595,38 @@ async fn deadband_reports_changes_and_heartbeats_only() {
     );
     run.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtu_over_tcp_reaches_units_behind_a_serial_server() {
+    let server = SimServer::new(&[3, 4]);
+    server.set_holding(3, 0, &[33]);
+    server.set_holding(4, 0, &[44]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let handle = server.serve_rtu_over_tcp(listener);
+    let addr = handle.addr().expect("bound");
+    let mut run = start(&format!(
+        r#"
+        transport = "rtu_over_tcp"
+        address = "{addr}"
+        interval = "1h"
+        [[devices]]
+        id = "a"
+        unit = 3
+        [[devices.points]]
+        name = "p"
+        address = "40001"
+        [[devices]]
+        id = "b"
+        unit = 4
+        [[devices.points]]
+        name = "p"
+        address = "40001"
+        "#
+    ));
+    let got = run.until(Duration::from_secs(5), |r| r.len() >= 2).await;
+    assert!(has(&got, "a", "p", |r| r.value == Value::I64(33)));
+    assert!(has(&got, "b", "p", |r| r.value == Value::I64(44)));
+    assert_eq!(server.requests_for(3), 1);
+    assert_eq!(server.requests_for(4), 1);
+    run.stop().await;
+}
