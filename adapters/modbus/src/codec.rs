@@ -298,6 +298,9 @@ impl Codec {
         let v = value
             .as_f64()
             .ok_or_else(|| format!("a numeric point takes a number, not {}", value.type_name()))?;
+        if !v.is_finite() {
+            return Err(format!("{v} is not a finite number"));
+        }
         Ok((v - self.offset.unwrap_or(0.0)) / self.scale.unwrap_or(1.0))
     }
 
@@ -305,7 +308,15 @@ impl Codec {
         if let (Value::I64(i), false) = (value, self.scaled()) {
             return Ok(i128::from(*i));
         }
-        let raw = self.unscale_float(value)?.round();
+        let unscaled = self.unscale_float(value)?;
+        let raw = unscaled.round();
+        // With a scale, rounding to the register's resolution is the point; without one a
+        // fraction would be silently cut off.
+        if !self.scaled() && raw != unscaled {
+            return Err(format!(
+                "{value} is not a whole number, and this point is an integer register"
+            ));
+        }
         if !raw.is_finite() {
             return Err(format!("{value} is not a finite number"));
         }

@@ -340,6 +340,9 @@ const fn default_max_bits() -> u16 {
     2000
 }
 
+/// The longest interval, timeout or backoff accepted.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
 /// The heartbeat used when `deadband` is set without one.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15 * 60);
 
@@ -431,6 +434,16 @@ impl ModbusConfig {
                 "must be greater than zero and at most `backoff_max`".into(),
             );
         }
+        for (k, d) in [
+            ("timeout", Some(self.timeout)),
+            ("interval", Some(self.interval)),
+            ("backoff_max", Some(self.backoff_max)),
+            ("frame_gap", self.frame_gap),
+        ] {
+            if d.is_some_and(|d| d > MAX_DURATION) {
+                push(k.into(), "must be at most 365 days".into());
+            }
+        }
         if self.devices.is_empty() {
             push("devices".into(), "needs at least one device".into());
         }
@@ -454,8 +467,14 @@ impl ModbusConfig {
                         .into(),
                 );
             }
-            if dev.interval.is_some_and(|i| i.is_zero()) {
-                push(dk("interval"), "must be greater than zero".into());
+            if dev
+                .interval
+                .is_some_and(|i| i.is_zero() || i > MAX_DURATION)
+            {
+                push(
+                    dk("interval"),
+                    "must be greater than zero and at most 365 days".into(),
+                );
             }
             if !(1..=125).contains(&dev.max_registers) {
                 push(dk("max_registers"), "must be 1-125".into());
@@ -484,8 +503,13 @@ impl ModbusConfig {
                 if let Err((k, m)) = point.resolve(dev) {
                     push(key(k), m);
                 }
-                if point.interval.is_some_and(|i| i.is_zero()) {
-                    push(key("interval"), "must be greater than zero".into());
+                for (k, d) in [("interval", point.interval), ("heartbeat", point.heartbeat)] {
+                    if d.is_some_and(|i| i.is_zero() || i > MAX_DURATION) {
+                        push(
+                            key(k),
+                            "must be greater than zero and at most 365 days".into(),
+                        );
+                    }
                 }
                 for (k, v) in [
                     ("scale", point.scale),
@@ -511,9 +535,6 @@ impl ModbusConfig {
                         "only means something with `deadband` (without it every poll is reported)"
                             .into(),
                     );
-                }
-                if point.heartbeat.is_some_and(|h| h.is_zero()) {
-                    push(key("heartbeat"), "must be greater than zero".into());
                 }
             }
         }
@@ -657,6 +678,14 @@ impl PointConfig {
                     "a {} is read-only; only coils and holding registers can be written",
                     table.as_str()
                 ),
+            ));
+        }
+        if self.writable && count > 123 {
+            return Err((
+                "length",
+                "a write carries at most 123 registers; shorten the string or make it \
+                 read-only"
+                    .into(),
             ));
         }
         if self.writable && data_type == DataType::Bit {

@@ -80,10 +80,16 @@ struct Point {
     deadband: Option<f64>,
     heartbeat: Duration,
     writable: bool,
-    /// Failed alone with an illegal-address exception: read alone, never spanned.
-    alone: bool,
-    /// A hole in the device's map lies just before this point: never merged with the one before.
-    break_before: bool,
+    /// Since when it is read alone and never spanned: it failed alone with an
+    /// illegal-address exception while the rest of the device answered.
+    alone: Option<Instant>,
+    /// Since when it is never merged with the point before it: a hole in the device's map
+    /// lies between them.
+    break_before: Option<Instant>,
+    /// Unanswered while the rest of its device answered: not polled until then.
+    rest_until: Option<Instant>,
+    /// Unanswered polls in a row, for the rest's backoff.
+    rest_failures: u32,
     last_good: Option<Value>,
     last_sent: Option<Sent>,
 }
@@ -106,9 +112,21 @@ impl Point {
             } else {
                 self.at.count
             },
-            alone: self.alone,
-            break_before: self.break_before,
+            alone: self.alone.is_some(),
+            break_before: self.break_before.is_some(),
         }
+    }
+
+    /// Forgets what was learned about the map long ago: devices get firmware updates and
+    /// registers come and go; a merged read is tried again once an hour.
+    fn relearn(&mut self, now: Instant) {
+        let stale = |t: &mut Option<Instant>| {
+            if t.is_some_and(|at| now.duration_since(at) >= RELEARN) {
+                *t = None;
+            }
+        };
+        stale(&mut self.alone);
+        stale(&mut self.break_before);
     }
 
     /// The reading to produce for this observation, if report-by-exception lets it through.
@@ -118,7 +136,8 @@ impl Point {
         }
         if let (Some(deadband), Some(last)) = (self.deadband, &self.last_sent) {
             let moved = match (value.as_f64(), last.value.as_f64()) {
-                (Some(a), Some(b)) if !(a.is_nan() || b.is_nan()) => (a - b).abs() > deadband,
+                (Some(a), Some(b)) if a.is_nan() || b.is_nan() => a.is_nan() != b.is_nan(),
+                (Some(a), Some(b)) => (a - b).abs() > deadband,
                 _ => value != last.value,
             };
             let due = now.duration_since(last.at) >= self.heartbeat;
@@ -171,8 +190,10 @@ impl Modbus {
                     deadband: p.deadband,
                     heartbeat: p.heartbeat.unwrap_or(config::DEFAULT_HEARTBEAT),
                     writable: p.writable,
-                    alone: false,
-                    break_before: false,
+                    alone: None,
+                    break_before: None,
+                    rest_until: None,
+                    rest_failures: 0,
                     last_good: None,
                     last_sent: None,
                 });
@@ -218,7 +239,9 @@ impl Modbus {
             down_reason: None,
             gap: self.config.effective_frame_gap(),
             last_io: None,
-            drop_on_timeout: self.config.transport != Transport::Rtu,
+            // Not for RTU over TCP: the serial server's connection is fine when one slave
+            // behind it is silent, and reconnecting would cost the others.
+            drop_on_timeout: self.config.transport == Transport::Tcp,
         };
         let start = Instant::now();
         for dev in &mut self.devices {
@@ -255,10 +278,10 @@ impl Modbus {
             while let Ok(cmd) = ctx.commands.try_recv() {
                 self.command(cmd, &mut conn, &ctx).await?;
             }
-            let now = Instant::now();
             for d in 0..self.devices.len() {
+                let now = Instant::now();
                 if self.devices[d].points.iter().any(|p| p.next_due <= now) {
-                    self.poll_device(d, now, &mut conn, &ctx).await?;
+                    self.poll_device(d, &mut conn, &ctx).await?;
                 }
                 if shutdown.is_fired() {
                     return Ok(());
@@ -271,30 +294,42 @@ impl Modbus {
     async fn poll_device(
         &mut self,
         d: usize,
-        now: Instant,
         conn: &mut Conn,
         ctx: &AdapterContext,
     ) -> Result<(), AdapterError> {
+        // Now, not when the loop woke: an earlier device may have taken a while.
+        let now = Instant::now();
+        let (backoff_min, backoff_max) = (self.config.backoff_min, self.config.backoff_max);
         let dev = &mut self.devices[d];
         let mut due = Vec::new();
+        let mut resting = Vec::new();
         for (i, p) in dev.points.iter_mut().enumerate() {
+            if p.next_due > now {
+                continue;
+            }
+            // From the previous due time, so rates do not drift; skip ahead rather than
+            // burst after falling behind.
+            p.next_due = later(p.next_due, p.interval);
             if p.next_due <= now {
+                p.next_due = later(now, p.interval);
+            }
+            p.relearn(now);
+            if p.rest_until.is_some_and(|u| u > now) {
+                resting.push(i);
+            } else {
                 due.push(i);
-                // From the previous due time, so rates do not drift; skip ahead rather than
-                // burst after falling behind.
-                p.next_due += p.interval;
-                if p.next_due <= now {
-                    p.next_due = now + p.interval;
-                }
             }
         }
-        if let Some(until) = dev.resting_until.filter(|u| *u > now) {
-            let _ = until;
+        send_stale(dev, &resting, "not answering (resting)", ctx).await?;
+        if dev.resting_until.is_some_and(|u| u > now) {
             let why = dev
                 .down_reason
                 .clone()
                 .unwrap_or_else(|| "not answering".into());
             return send_stale(dev, &due, &why, ctx).await;
+        }
+        if due.is_empty() {
+            return Ok(());
         }
         if conn.link.is_none() {
             if let Err(why) = conn.connect(&self.config, &self.stats, now).await {
@@ -306,20 +341,43 @@ impl Modbus {
         let spans: Vec<Span> = due.iter().map(|&i| dev.points[i].span(i)).collect();
         let mut work: VecDeque<Block> = plan::coalesce(&spans, dev.limits).into();
         let retries = self.config.retries;
+        let mut shutdown = ctx.shutdown.clone();
+        // What this poll learned; kept only if the device answered something, since a device
+        // that refuses everything (still booting, say) teaches nothing about its map.
+        let mut answered = false;
+        let mut lonely: Vec<usize> = Vec::new();
+        let mut new_breaks: Vec<usize> = Vec::new();
+        let mut unanswered: Vec<(Block, Failure)> = Vec::new();
+        // After a block goes unanswered before any did, one more block is tried to tell a
+        // dead device from one that ignores part of its map.
+        let mut probes = 1;
         while let Some(block) = work.pop_front() {
-            let result = conn.read(dev.unit, &block, retries, &self.stats).await;
+            if shutdown.is_fired() {
+                return Ok(());
+            }
+            if conn.link.is_none() {
+                if let Err(why) = conn.connect(&self.config, &self.stats, now).await {
+                    let rest: Vec<usize> = std::iter::once(&block)
+                        .chain(work.iter())
+                        .flat_map(|b| b.points.iter().copied())
+                        .collect();
+                    return send_stale(dev, &rest, &why, ctx).await;
+                }
+            }
+            let result = tokio::select! {
+                r = conn.read(dev.unit, &block, retries, &self.stats) => r,
+                () = shutdown.fired() => return Ok(()),
+            };
             let ts = SystemTime::now();
             let at = Instant::now();
             let mut out = Vec::new();
             match result {
                 Ok(data) => {
-                    if dev.resting_until.take().is_some() || dev.down_reason.is_some() {
-                        tracing::info!(adapter = %ctx.id, device = %dev.id, "modbus device answering again");
-                    }
-                    dev.down_reason = None;
-                    dev.backoff.reset();
+                    answered = true;
                     for &i in &block.points {
                         let p = &mut dev.points[i];
+                        p.rest_until = None;
+                        p.rest_failures = 0;
                         let value = decode_point(p, &block, &data);
                         if let Some(r) = p.report(value, Quality::Good, at) {
                             out.push(reading(ctx, &dev.id, p, r, ts));
@@ -329,7 +387,10 @@ impl Modbus {
                 Err(Failure::Exception(
                     code @ (ExceptionCode::IllegalDataAddress | ExceptionCode::IllegalDataValue),
                 )) if block.points.len() > 1 => {
-                    let parts = split(dev, &block);
+                    if code == ExceptionCode::IllegalDataValue {
+                        shrink_limit(dev, &block, &ctx.id);
+                    }
+                    let parts = split(dev, &block, &mut new_breaks, at);
                     tracing::debug!(adapter = %ctx.id, device = %dev.id, start = block.start,
                         count = block.count, parts = parts.len(), exception = %code,
                         "merged modbus read refused; narrowing it down");
@@ -337,18 +398,7 @@ impl Modbus {
                         work.push_front(part);
                     }
                 }
-                Err(Failure::Exception(
-                    code @ (ExceptionCode::GatewayPathUnavailable
-                    | ExceptionCode::GatewayTargetDevice),
-                )) => {
-                    // A TCP gateway saying the serial device behind it did not answer.
-                    let f = Failure::Exception(code);
-                    self.device_down(d, &f, ctx, &block, work.drain(..).collect())
-                        .await?;
-                    return Ok(());
-                }
-                Err(Failure::Exception(code)) => {
-                    let p0 = &dev.points[block.points[0]];
+                Err(Failure::Exception(code)) if !is_gateway_silence(code) => {
                     let why = Failure::Exception(code).reason();
                     if block.points.len() == 1
                         && matches!(
@@ -356,12 +406,7 @@ impl Modbus {
                             ExceptionCode::IllegalDataAddress | ExceptionCode::IllegalDataValue
                         )
                     {
-                        if !p0.alone {
-                            tracing::warn!(adapter = %ctx.id, device = %dev.id, point = %p0.name,
-                                table = p0.at.table.as_str(), address = p0.at.offset, reason = %why,
-                                "modbus point refused by the device; reading it alone from now on");
-                        }
-                        dev.points[block.points[0]].alone = true;
+                        lonely.push(block.points[0]);
                     } else {
                         tracing::warn!(adapter = %ctx.id, device = %dev.id, start = block.start,
                             count = block.count, reason = %why, "modbus device exception");
@@ -374,43 +419,88 @@ impl Modbus {
                         }
                     }
                 }
-                Err(f) => {
-                    if matches!(f, Failure::Transport(_))
-                        || (conn.drop_on_timeout && f == Failure::Timeout)
-                    {
-                        // On TCP a timeout may be a half-open connection: start afresh.
-                        conn.drop_link(&f, &ctx.id, now);
+                // No answer: a timeout, a frame that was not ours, or a TCP gateway saying
+                // the serial device behind it is silent.
+                Err(f @ (Failure::Timeout | Failure::Desync(_) | Failure::Exception(_))) => {
+                    if conn.drop_on_timeout && f == Failure::Timeout {
+                        // On plain TCP a timeout may be a half-open connection: start afresh.
+                        conn.drop_link(&f, &ctx.id);
                     }
-                    self.device_down(d, &f, ctx, &block, work.drain(..).collect())
-                        .await?;
-                    return Ok(());
+                    if answered {
+                        rest_points(dev, &block, &f, backoff_min, backoff_max, &ctx.id);
+                        send_stale(dev, &block.points, &f.reason(), ctx).await?;
+                    } else {
+                        unanswered.push((block, f));
+                        if probes == 0 || work.is_empty() {
+                            let rest: Vec<Block> = work.drain(..).collect();
+                            return self.device_down(d, unanswered, rest, ctx).await;
+                        }
+                        probes -= 1;
+                    }
+                }
+                Err(f @ Failure::Transport(_)) => {
+                    conn.drop_link(&f, &ctx.id);
+                    let rest: Vec<usize> = std::iter::once(&block)
+                        .chain(work.iter())
+                        .flat_map(|b| b.points.iter().copied())
+                        .collect();
+                    ctx.readings.send_all(out).await?;
+                    return send_stale(dev, &rest, &f.reason(), ctx).await;
                 }
             }
             ctx.readings.send_all(out).await?;
         }
+        if answered {
+            if dev.resting_until.take().is_some() || dev.down_reason.take().is_some() {
+                tracing::info!(adapter = %ctx.id, device = %dev.id, "modbus device answering again");
+            }
+            dev.backoff.reset();
+            for i in lonely {
+                let p = &mut dev.points[i];
+                if p.alone.is_none() {
+                    tracing::warn!(adapter = %ctx.id, device = %dev.id, point = %p.name,
+                        table = p.at.table.as_str(), address = p.at.offset,
+                        "modbus point refused by the device (illegal address); reading it alone");
+                }
+                p.alone = Some(now);
+            }
+            // Blocks that went unanswered before the device showed it is alive: those points
+            // rest on their own.
+            for (block, f) in unanswered {
+                rest_points(dev, &block, &f, backoff_min, backoff_max, &ctx.id);
+                send_stale(dev, &block.points, &f.reason(), ctx).await?;
+            }
+        } else {
+            for i in new_breaks {
+                dev.points[i].break_before = None;
+            }
+        }
         Ok(())
     }
 
-    /// Device `d` stopped answering while reading `block`: every point of it and of `rest`
-    /// goes stale and the device rests for a backoff.
+    /// Device `d` answered nothing: the points of the `unanswered` blocks and of `rest` go
+    /// stale and the device rests for a backoff.
     async fn device_down(
         &mut self,
         d: usize,
-        failure: &Failure,
-        ctx: &AdapterContext,
-        block: &Block,
+        unanswered: Vec<(Block, Failure)>,
         rest: Vec<Block>,
+        ctx: &AdapterContext,
     ) -> Result<(), AdapterError> {
         let dev = &mut self.devices[d];
-        let why = failure.reason();
+        let why = unanswered
+            .last()
+            .map_or_else(|| "not answering".to_string(), |(_, f)| f.reason());
         let delay = dev.backoff.next_delay();
         if dev.down_reason.is_none() {
             tracing::warn!(adapter = %ctx.id, device = %dev.id, unit = dev.unit, reason = %why,
                 retry_in = ?delay, "modbus device not answering; its readings are stale");
         }
-        dev.resting_until = Some(Instant::now() + delay);
+        dev.resting_until = Some(later(Instant::now(), delay));
         dev.down_reason = Some(why.clone());
-        let points: Vec<usize> = std::iter::once(block)
+        let points: Vec<usize> = unanswered
+            .iter()
+            .map(|(b, _)| b)
             .chain(rest.iter())
             .flat_map(|b| b.points.iter().copied())
             .collect();
@@ -511,15 +601,14 @@ impl Modbus {
                 .await
                 .map_err(CommandError::Device)?;
         }
-        let device_err = |f: Failure| CommandError::Device(f.reason());
-        match &write {
+        let written = match &write {
             Write::Coil(on) => conn.write_coil(unit, at.offset, *on, &self.stats).await,
             Write::Words(words) => {
                 conn.write_registers(unit, at.offset, words, &self.stats)
                     .await
             }
-        }
-        .map_err(device_err)?;
+        };
+        written.map_err(|f| conn.command_failed(f, &ctx.id))?;
         let block = Block {
             table: at.table,
             start: at.offset,
@@ -529,7 +618,7 @@ impl Modbus {
         let data = conn
             .read(unit, &block, self.config.retries, &self.stats)
             .await
-            .map_err(device_err)?;
+            .map_err(|f| conn.command_failed(f, &ctx.id))?;
         let confirmed = match (&write, &data) {
             (Write::Coil(on), Data::Bits(b)) => b.first() == Some(on),
             (Write::Words(w), Data::Words(r)) => r.get(..w.len()) == Some(w.as_slice()),
@@ -559,7 +648,7 @@ struct Conn {
     down_reason: Option<String>,
     gap: Duration,
     last_io: Option<Instant>,
-    /// TCP transports reconnect after a timeout (the connection may be half-open).
+    /// Plain TCP reconnects after a timeout (the connection may be half-open).
     drop_on_timeout: bool,
 }
 
@@ -594,13 +683,21 @@ impl Conn {
                 }
                 let why = format!("link down: {e}");
                 self.down_reason = Some(why.clone());
-                self.retry_at = Some(Instant::now() + delay);
+                self.retry_at = Some(later(Instant::now(), delay));
                 Err(why)
             }
         }
     }
 
-    fn drop_link(&mut self, failure: &Failure, adapter: &Name, _now: Instant) {
+    /// A command's request failed: drop the link where polling would, and say why.
+    fn command_failed(&mut self, f: Failure, adapter: &Name) -> CommandError {
+        if matches!(f, Failure::Transport(_)) || (self.drop_on_timeout && f == Failure::Timeout) {
+            self.drop_link(&f, adapter);
+        }
+        CommandError::Device(f.reason())
+    }
+
+    fn drop_link(&mut self, failure: &Failure, adapter: &Name) {
         if self.link.take().is_some() {
             tracing::debug!(adapter = %adapter, reason = %failure.reason(), "modbus link dropped; reconnecting");
         }
@@ -623,6 +720,9 @@ impl Conn {
         stats: &LinkStats,
     ) -> Result<Data, Failure> {
         let mut attempt = 0;
+        // A frame that was not ours (a late answer to an earlier request) says nothing
+        // about this device: it does not use up an attempt, up to a few of them.
+        let mut desyncs = 0;
         loop {
             self.gap().await;
             let Some(link) = self.link.as_mut() else {
@@ -631,7 +731,11 @@ impl Conn {
             let r = link.read(unit, block.table, block.start, block.count).await;
             self.last_io = Some(Instant::now());
             match r {
-                Err(f) if f.is_retryable() && !matches!(f, Failure::Transport(_)) => {
+                Err(f @ Failure::Desync(_)) if desyncs < MAX_DESYNCS => {
+                    f.count(stats);
+                    desyncs += 1;
+                }
+                Err(f @ (Failure::Timeout | Failure::Desync(_))) => {
                     f.count(stats);
                     if attempt >= retries {
                         return Err(f);
@@ -686,13 +790,16 @@ impl Conn {
 
 /// Splits a merged read the device refused: at the holes in the map if it spans any (they are
 /// remembered), else in two halves.
-fn split(dev: &mut Device, block: &Block) -> Vec<Block> {
+fn split(dev: &mut Device, block: &Block, marks: &mut Vec<usize>, now: Instant) -> Vec<Block> {
     let mut marked = false;
     for pair in block.points.windows(2) {
         let (a, b) = (&dev.points[pair[0]], &dev.points[pair[1]]);
         let a_end = u32::from(a.at.offset) + u32::from(a.span(0).count);
-        if u32::from(b.at.offset) > a_end && !b.break_before {
-            dev.points[pair[1]].break_before = true;
+        // A hole only between neighbours in the map: a mapped point that was merely not due
+        // lies between the others otherwise.
+        if pair[1] == pair[0] + 1 && u32::from(b.at.offset) > a_end && b.break_before.is_none() {
+            dev.points[pair[1]].break_before = Some(now);
+            marks.push(pair[1]);
             marked = true;
         }
     }
@@ -710,6 +817,75 @@ fn split(dev: &mut Device, block: &Block) -> Vec<Block> {
     let mut parts = plan(dev, left);
     parts.extend(plan(dev, right));
     parts
+}
+
+/// Foreign frames tolerated per request before it counts as unanswered.
+const MAX_DESYNCS: u32 = 3;
+
+/// How long what was learned about a device's map (isolated points, holes) is kept.
+const RELEARN: Duration = Duration::from_secs(3600);
+
+/// `t + d`, saturating far in the future instead of overflowing.
+fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .or_else(|| t.checked_add(Duration::from_secs(365 * 86_400)))
+        .unwrap_or(t)
+}
+
+/// A TCP gateway's way of saying the serial device behind it did not answer.
+fn is_gateway_silence(code: ExceptionCode) -> bool {
+    matches!(
+        code,
+        ExceptionCode::GatewayPathUnavailable | ExceptionCode::GatewayTargetDevice
+    )
+}
+
+/// The points of `block` went unanswered while their device answered other reads: they rest
+/// for a backoff of their own.
+fn rest_points(
+    dev: &mut Device,
+    block: &Block,
+    failure: &Failure,
+    min: Duration,
+    max: Duration,
+    adapter: &Name,
+) {
+    for &i in &block.points {
+        let p = &mut dev.points[i];
+        p.rest_failures = p.rest_failures.saturating_add(1);
+        let delay = min
+            .saturating_mul(1 << p.rest_failures.min(16).saturating_sub(1))
+            .min(max);
+        if p.rest_until.is_none() {
+            tracing::warn!(adapter = %adapter, device = %dev.id, point = %p.name,
+                reason = %failure.reason(), retry_in = ?delay,
+                "modbus point not answered while its device answers others; resting it");
+        }
+        p.rest_until = Some(later(Instant::now(), delay));
+    }
+}
+
+/// The device refused a merged read as an illegal quantity: it reads less than the protocol
+/// allows. Halve its limit for that table (never below its largest point).
+fn shrink_limit(dev: &mut Device, block: &Block, adapter: &Name) {
+    let largest = block
+        .points
+        .iter()
+        .map(|&i| dev.points[i].span(i).count)
+        .max()
+        .unwrap_or(1);
+    let limit = if block.table.is_bits() {
+        &mut dev.limits.max_bits
+    } else {
+        &mut dev.limits.max_registers
+    };
+    let new = (block.count / 2).max(largest);
+    if new < *limit {
+        tracing::warn!(adapter = %adapter, device = %dev.id, table = block.table.as_str(),
+            refused = block.count, limit = new,
+            "modbus device refused a read of this size; reading less from now on (set max_registers / max_bits to say so in config)");
+        *limit = new;
+    }
 }
 
 /// The value of point `p` inside `block`'s data.

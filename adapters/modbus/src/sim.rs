@@ -56,6 +56,11 @@ pub struct Faults {
     pub slow_units: HashMap<u8, Duration>,
     /// Every request is answered with this exception.
     pub exception: Option<ExceptionCode>,
+    /// Addresses the device never answers for (a meter that silently ignores registers it
+    /// does not have): a read covering one gets no answer at all.
+    pub silent: HashSet<(Table, u16)>,
+    /// Writes are acknowledged but change nothing (a device clamping or ignoring them).
+    pub ignore_writes: bool,
 }
 
 #[derive(Debug, Default)]
@@ -214,6 +219,26 @@ impl SimServer {
             // No such slave on the bus: silence, as on a real RS-485 line.
             return Ok(None);
         };
+        let covers = |table: Table, addr: u16, n: u16, set: &HashSet<(Table, u16)>| {
+            (u32::from(addr)..u32::from(addr) + u32::from(n))
+                .any(|a| u16::try_from(a).is_ok_and(|a| set.contains(&(table, a))))
+        };
+        let silent = match &req.request {
+            Request::ReadCoils(a, n) => covers(Table::Coil, *a, *n, &faults.silent),
+            Request::ReadDiscreteInputs(a, n) => {
+                covers(Table::DiscreteInput, *a, *n, &faults.silent)
+            }
+            Request::ReadInputRegisters(a, n) => {
+                covers(Table::InputRegister, *a, *n, &faults.silent)
+            }
+            Request::ReadHoldingRegisters(a, n) => {
+                covers(Table::HoldingRegister, *a, *n, &faults.silent)
+            }
+            _ => false,
+        };
+        if silent {
+            return Ok(None);
+        }
         let check = |table: Table, addr: u16, n: usize, max: usize| {
             if n == 0 || n > max {
                 return Err(ExceptionCode::IllegalDataValue);
@@ -248,22 +273,30 @@ impl SimServer {
             }
             Request::WriteSingleCoil(a, v) => {
                 check(Table::Coil, *a, 1, 1)?;
-                r.coils[usize::from(*a)] = *v;
+                if !faults.ignore_writes {
+                    r.coils[usize::from(*a)] = *v;
+                }
                 Response::WriteSingleCoil(*a, *v)
             }
             Request::WriteMultipleCoils(a, vs) => {
                 check(Table::Coil, *a, vs.len(), 1968)?;
-                copy(&mut r.coils, *a, vs);
+                if !faults.ignore_writes {
+                    copy(&mut r.coils, *a, vs);
+                }
                 Response::WriteMultipleCoils(*a, u16::try_from(vs.len()).unwrap_or(0))
             }
             Request::WriteSingleRegister(a, v) => {
                 check(Table::HoldingRegister, *a, 1, 1)?;
-                r.holding_registers[usize::from(*a)] = *v;
+                if !faults.ignore_writes {
+                    r.holding_registers[usize::from(*a)] = *v;
+                }
                 Response::WriteSingleRegister(*a, *v)
             }
             Request::WriteMultipleRegisters(a, vs) => {
                 check(Table::HoldingRegister, *a, vs.len(), 123)?;
-                copy(&mut r.holding_registers, *a, vs);
+                if !faults.ignore_writes {
+                    copy(&mut r.holding_registers, *a, vs);
+                }
                 Response::WriteMultipleRegisters(*a, u16::try_from(vs.len()).unwrap_or(0))
             }
             _ => return Err(ExceptionCode::IllegalFunction),

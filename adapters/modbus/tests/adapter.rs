@@ -266,7 +266,11 @@ async fn an_illegal_address_is_isolated_and_the_rest_keeps_flowing() {
     // The next scan knows: 0-4, 5 alone, 6-7, and 20 after the hole.
     let before = server.requests();
     let second = run.until(Duration::from_secs(10), |r| r.len() >= 9).await;
-    assert_eq!(second.len(), 9);
+    assert_eq!(
+        latest(&second).len(),
+        9,
+        "one reading per point: {second:#?}"
+    );
     assert_eq!(server.requests() - before, 4, "0-4, 5, 6-7, 20");
     run.stop().await;
 }
@@ -550,6 +554,16 @@ async fn writes_apply_the_inverse_scaling_and_read_back() {
         vec![350],
         "refused writes wrote nothing"
     );
+    assert!(matches!(
+        run.command("tank", "setpoint", Value::F64(f64::NAN)).await,
+        Err(CommandError::InvalidValue(m)) if m.contains("finite")
+    ));
+    // A device that acknowledges a write but does not apply it is caught by the read-back.
+    server.faults().ignore_writes = true;
+    match run.command("tank", "setpoint", Value::F64(2.0)).await {
+        Err(CommandError::Device(m)) => assert!(m.contains("read back 3.5"), "{m}"),
+        other => panic!("expected a read-back mismatch, got {other:?}"),
+    }
     run.stop().await;
 }
 
@@ -628,5 +642,114 @@ async fn rtu_over_tcp_reaches_units_behind_a_serial_server() {
     assert!(has(&got, "b", "p", |r| r.value == Value::I64(44)));
     assert_eq!(server.requests_for(3), 1);
     assert_eq!(server.requests_for(4), 1);
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_refusing_everything_for_a_while_is_not_read_point_by_point_forever() {
+    // While it boots, the device refuses every read as an illegal address; afterwards the
+    // eight contiguous points must be one read again, not eight.
+    let server = SimServer::new(&[1]);
+    server.set_holding(1, 0, &[1, 2, 3, 4, 5, 6, 7, 8]);
+    server.faults().exception = Some(ExceptionCode::IllegalDataAddress);
+    let (_h, addr) = tcp_server(&server).await;
+    let mut points = String::new();
+    for i in 0..8 {
+        points += &format!(
+            "[[devices.points]]\nname = \"r{i}\"\naddress = \"4000{}\"\n",
+            i + 1
+        );
+    }
+    let mut run = start(&format!(
+        r#"
+        transport = "tcp"
+        address = "{addr}"
+        interval = "200ms"
+        [[devices]]
+        id = "d"
+        {points}
+        "#
+    ));
+    run.until(Duration::from_secs(5), |r| {
+        r.iter()
+            .filter(|r| matches!(r.quality, Quality::Bad(_)))
+            .count()
+            >= 16
+    })
+    .await;
+    server.faults().exception = None;
+    run.until(Duration::from_secs(5), |r| {
+        r.iter().filter(|r| r.quality == Quality::Good).count() >= 8
+    })
+    .await;
+    let before = server.requests();
+    let next = run.until(Duration::from_secs(5), |r| r.len() >= 8).await;
+    assert!(next.iter().all(|r| r.quality == Quality::Good), "{next:#?}");
+    assert_eq!(
+        server.requests() - before,
+        1,
+        "the eight points are one read again"
+    );
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_a_device_ignores_rest_alone_while_the_rest_keeps_flowing() {
+    // A meter that silently ignores an input register (no answer at all) but serves its
+    // holding registers: the holding points must stay good at every poll.
+    let server = SimServer::new(&[1]);
+    server.set_holding(1, 0, &[10, 11]);
+    server.faults().silent.insert((Table::InputRegister, 0));
+    let (_h, addr) = tcp_server(&server).await;
+    let mut run = start(&format!(
+        r#"
+        transport = "tcp"
+        address = "{addr}"
+        interval = "100ms"
+        timeout = "100ms"
+        retries = 0
+        backoff_min = "5s"
+        backoff_max = "5s"
+        [[devices]]
+        id = "meter"
+        [[devices.points]]
+        name = "energy"
+        address = "40001"
+        [[devices.points]]
+        name = "power"
+        address = "40002"
+        [[devices.points]]
+        name = "phantom"
+        address = "30001"
+        "#
+    ));
+    let got = run
+        .until(Duration::from_secs(10), |r| {
+            r.iter()
+                .filter(|r| r.point == "energy" && r.quality == Quality::Good)
+                .count()
+                >= 8
+        })
+        .await;
+    for p in ["energy", "power"] {
+        assert!(
+            got.iter()
+                .filter(|r| r.point == p)
+                .all(|r| r.quality == Quality::Good),
+            "{p} went stale because another register was ignored: {got:#?}"
+        );
+    }
+    assert!(has(&got, "meter", "phantom", |r| matches!(
+        r.quality,
+        Quality::Stale(_)
+    )));
+    // Each poll reads the holding block once; the ignored register was asked about once or
+    // twice, then rested (5 s) instead of costing a timeout at every poll.
+    let holding_reads = got.iter().filter(|r| r.point == "energy").count() as u64;
+    let phantom_reads = server.requests() - holding_reads;
+    assert!(
+        phantom_reads <= 2,
+        "{phantom_reads} reads of the ignored register"
+    );
     run.stop().await;
 }
