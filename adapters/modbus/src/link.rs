@@ -32,11 +32,6 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// Worth another attempt on the same device.
-    pub fn is_retryable(&self) -> bool {
-        !matches!(self, Failure::Exception(_))
-    }
-
     /// The text used as a reading's quality reason.
     pub fn reason(&self) -> String {
         match self {
@@ -148,9 +143,9 @@ impl Link {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let ctx = &mut self.ctx;
         let data = match table {
-            Table::Coil => bits(finish(self.timeout, ctx.read_coils(start, count)).await?),
+            Table::Coil => Data::Bits(finish(self.timeout, ctx.read_coils(start, count)).await?),
             Table::DiscreteInput => {
-                bits(finish(self.timeout, ctx.read_discrete_inputs(start, count)).await?)
+                Data::Bits(finish(self.timeout, ctx.read_discrete_inputs(start, count)).await?)
             }
             Table::InputRegister => {
                 Data::Words(finish(self.timeout, ctx.read_input_registers(start, count)).await?)
@@ -212,10 +207,6 @@ async fn finish<T>(
             _ => Failure::Transport(e.to_string()),
         }),
     }
-}
-
-fn bits(v: Vec<bool>) -> Data {
-    Data::Bits(v)
 }
 
 impl Failure {
