@@ -17,7 +17,7 @@ use crate::broker::{Broker, BrokerOptions};
 use crate::config::{Config, ConfigErrors};
 use crate::pipeline::{self, PipelineError};
 use crate::uplink::mqtt::parse_url;
-use fieldgate_modbus::sim::{water_tank, SimServer};
+use fieldgate_modbus::sim::{water_tank, PtyBus, SimServer};
 
 /// The demo site, as shipped in `config/demo.toml`.
 pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
@@ -111,40 +111,26 @@ pub fn site_config(
     Config::from_toml(&dir.join(name), text, &env)
 }
 
-/// Three simulated tanks (units 1-3) on a pseudo-terminal; returns the path of the port for
-/// the gateway and the handles that keep the bus alive.
-fn tank_bus() -> std::io::Result<(String, TankBus)> {
-    use tokio_serial::SerialPort;
-    let server = SimServer::new(&[1, 2, 3]);
-    let animations = (1..=3).map(|u| water_tank(&server, u)).collect();
-    let (master, slave) = tokio_serial::SerialStream::pair()?;
-    let path = slave
-        .name()
-        .ok_or_else(|| std::io::Error::other("the pseudo-terminal has no name"))?;
-    let serve = tokio::spawn(async move {
-        let _ = server.serve_rtu(master).await;
-    });
-    Ok((
-        path,
-        TankBus {
-            _slave: slave,
-            tasks: animations,
-            serve,
-        },
-    ))
+/// Three simulated tanks (units 1-3) on a pseudo-terminal; stops when dropped.
+struct TankBus {
+    bus: PtyBus,
+    animations: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Keeps the simulated bus running; stops it when dropped.
-struct TankBus {
-    _slave: tokio_serial::SerialStream,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    serve: tokio::task::JoinHandle<()>,
+impl TankBus {
+    fn start() -> std::io::Result<TankBus> {
+        let server = SimServer::new(&[1, 2, 3]);
+        let animations = (1..=3).map(|u| water_tank(&server, u)).collect();
+        Ok(TankBus {
+            bus: server.serve_pty()?,
+            animations,
+        })
+    }
 }
 
 impl Drop for TankBus {
     fn drop(&mut self) {
-        self.serve.abort();
-        for t in &self.tasks {
+        for t in &self.animations {
             t.abort();
         }
     }
@@ -173,13 +159,11 @@ pub async fn run(
             (Some(b), url)
         }
     };
-    let (serial, _bus) = match site {
-        Site::WaterTank => {
-            let (path, bus) = tank_bus()?;
-            (Some(path), Some(bus))
-        }
-        Site::PumpStation => (None, None),
+    let tanks = match site {
+        Site::WaterTank => Some(TankBus::start()?),
+        Site::PumpStation => None,
     };
+    let serial = tanks.as_ref().map(|t| t.bus.path().to_string());
     let config = site_config(site, dir.path(), &url, serial.as_deref())?;
     let what = match (site, &serial) {
         (Site::WaterTank, Some(path)) => {

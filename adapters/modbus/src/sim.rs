@@ -202,6 +202,26 @@ impl SimServer {
             .await
     }
 
+    /// Serves Modbus RTU on a new pseudo-terminal: the server holds the master side; the
+    /// returned bus names the slave side, for a gateway to open as its serial port, and keeps
+    /// it open (so the master never sees a hang-up) until dropped.
+    pub fn serve_pty(&self) -> io::Result<PtyBus> {
+        use tokio_serial::SerialPort;
+        let (master, slave) = tokio_serial::SerialStream::pair()?;
+        let path = slave
+            .name()
+            .ok_or_else(|| io::Error::other("the pseudo-terminal has no name"))?;
+        let server = self.clone();
+        let task = tokio::spawn(async move {
+            let _ = server.serve_rtu(master).await;
+        });
+        Ok(PtyBus {
+            path,
+            _slave: slave,
+            task,
+        })
+    }
+
     fn answer(&self, req: &SlaveRequest<'static>) -> Result<Option<Response>, ExceptionCode> {
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
         *lock(&self.shared.requests_by_unit)
@@ -337,6 +357,27 @@ impl Service for SimServer {
             }
             answer
         })
+    }
+}
+
+/// An RTU bus on a pseudo-terminal, served by a [`SimServer`]; stops when dropped.
+#[derive(Debug)]
+pub struct PtyBus {
+    path: String,
+    _slave: tokio_serial::SerialStream,
+    task: JoinHandle<()>,
+}
+
+impl PtyBus {
+    /// The serial port to open, like `/dev/pts/3`.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+impl Drop for PtyBus {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -123,19 +123,6 @@ async fn tcp_server(server: &SimServer) -> (fieldgate_modbus::sim::TcpHandle, St
     (handle, addr)
 }
 
-/// An RTU bus on a pseudo-terminal: the server on the master side; returns the path of the
-/// slave side for the adapter, and a handle on it that keeps the bus open.
-fn rtu_bus(server: &SimServer) -> (String, tokio_serial::SerialStream) {
-    use tokio_serial::SerialPort;
-    let (master, slave) = tokio_serial::SerialStream::pair().expect("a pty pair");
-    let path = slave.name().expect("the pty has a name");
-    let server = server.clone();
-    tokio::spawn(async move {
-        let _ = server.serve_rtu(master).await;
-    });
-    (path, slave)
-}
-
 fn latest(readings: &[Reading]) -> HashMap<(String, String), Reading> {
     readings
         .iter()
@@ -372,7 +359,8 @@ async fn rtu_bus_with_a_dead_slave_keeps_polling_the_live_one() {
     server.set_input(1, 0, &[111]);
     server.set_input(2, 0, &[222]);
     server.faults().silent_units.insert(2);
-    let (path, _bus) = rtu_bus(&server);
+    let bus = server.serve_pty().expect("a pty bus");
+    let path = bus.path();
     let mut run = start(&format!(
         r#"
         transport = "rtu"
@@ -432,7 +420,8 @@ async fn rtu_late_answers_are_discarded_and_the_bus_recovers() {
     let server = SimServer::new(&[1]);
     server.set_holding(1, 0, &[1]);
     server.faults().delay = Duration::from_millis(250);
-    let (path, _bus) = rtu_bus(&server);
+    let bus = server.serve_pty().expect("a pty bus");
+    let path = bus.path();
     let mut run = start(&format!(
         r#"
         transport = "rtu"
