@@ -331,13 +331,6 @@ impl Modbus {
         if due.is_empty() {
             return Ok(());
         }
-        if conn.link.is_none() {
-            if let Err(why) = conn.connect(&self.config, &self.stats, now).await {
-                let dev = &mut self.devices[d];
-                return send_stale(dev, &due, &why, ctx).await;
-            }
-        }
-        let dev = &mut self.devices[d];
         let spans: Vec<Span> = due.iter().map(|&i| dev.points[i].span(i)).collect();
         let mut work: VecDeque<Block> = plan::coalesce(&spans, dev.limits).into();
         let retries = self.config.retries;
@@ -355,14 +348,9 @@ impl Modbus {
             if shutdown.is_fired() {
                 return Ok(());
             }
-            if conn.link.is_none() {
-                if let Err(why) = conn.connect(&self.config, &self.stats, now).await {
-                    let rest: Vec<usize> = std::iter::once(&block)
-                        .chain(work.iter())
-                        .flat_map(|b| b.points.iter().copied())
-                        .collect();
-                    return send_stale(dev, &rest, &why, ctx).await;
-                }
+            if let Err(why) = conn.ensure(&self.config, &self.stats, now).await {
+                let rest = points_of(std::iter::once(&block).chain(&work));
+                return send_stale(dev, &rest, &why, ctx).await;
             }
             let result = tokio::select! {
                 r = conn.read(dev.unit, &block, retries, &self.stats) => r,
@@ -440,10 +428,7 @@ impl Modbus {
                 }
                 Err(f @ Failure::Transport(_)) => {
                     conn.drop_link(&f, &ctx.id);
-                    let rest: Vec<usize> = std::iter::once(&block)
-                        .chain(work.iter())
-                        .flat_map(|b| b.points.iter().copied())
-                        .collect();
+                    let rest = points_of(std::iter::once(&block).chain(&work));
                     ctx.readings.send_all(out).await?;
                     return send_stale(dev, &rest, &f.reason(), ctx).await;
                 }
@@ -498,12 +483,7 @@ impl Modbus {
         }
         dev.resting_until = Some(later(Instant::now(), delay));
         dev.down_reason = Some(why.clone());
-        let points: Vec<usize> = unanswered
-            .iter()
-            .map(|(b, _)| b)
-            .chain(rest.iter())
-            .flat_map(|b| b.points.iter().copied())
-            .collect();
+        let points = points_of(unanswered.iter().map(|(b, _)| b).chain(&rest));
         send_stale(dev, &points, &why, ctx).await
     }
 
@@ -596,19 +576,12 @@ impl Modbus {
                     .map_err(CommandError::InvalidValue)?,
             ),
         };
-        if conn.link.is_none() {
-            conn.connect(&self.config, &self.stats, now)
-                .await
-                .map_err(CommandError::Device)?;
-        }
-        let written = match &write {
-            Write::Coil(on) => conn.write_coil(unit, at.offset, *on, &self.stats).await,
-            Write::Words(words) => {
-                conn.write_registers(unit, at.offset, words, &self.stats)
-                    .await
-            }
-        };
-        written.map_err(|f| conn.command_failed(f, &ctx.id))?;
+        conn.ensure(&self.config, &self.stats, now)
+            .await
+            .map_err(CommandError::Device)?;
+        conn.write(unit, at.offset, &write, &self.stats)
+            .await
+            .map_err(|f| conn.command_failed(f, &ctx.id))?;
         let block = Block {
             table: at.table,
             start: at.offset,
@@ -653,6 +626,19 @@ struct Conn {
 }
 
 impl Conn {
+    /// Connects unless connected already.
+    async fn ensure(
+        &mut self,
+        config: &ModbusConfig,
+        stats: &Arc<LinkStats>,
+        now: Instant,
+    ) -> Result<(), String> {
+        if self.link.is_some() {
+            return Ok(());
+        }
+        self.connect(config, stats, now).await
+    }
+
     async fn connect(
         &mut self,
         config: &ModbusConfig,
@@ -747,31 +733,11 @@ impl Conn {
         }
     }
 
-    async fn write_registers(
-        &mut self,
-        unit: u8,
-        start: u16,
-        words: &[u16],
-        stats: &LinkStats,
-    ) -> Result<(), Failure> {
-        self.gap().await;
-        let link = self
-            .link
-            .as_mut()
-            .ok_or_else(|| Failure::Transport("not connected".into()))?;
-        let r = link.write_registers(unit, start, words).await;
-        self.last_io = Some(Instant::now());
-        if let Err(f) = &r {
-            f.count(stats);
-        }
-        r
-    }
-
-    async fn write_coil(
+    async fn write(
         &mut self,
         unit: u8,
         address: u16,
-        on: bool,
+        write: &Write,
         stats: &LinkStats,
     ) -> Result<(), Failure> {
         self.gap().await;
@@ -779,7 +745,10 @@ impl Conn {
             .link
             .as_mut()
             .ok_or_else(|| Failure::Transport("not connected".into()))?;
-        let r = link.write_coil(unit, address, on).await;
+        let r = match write {
+            Write::Coil(on) => link.write_coil(unit, address, *on).await,
+            Write::Words(words) => link.write_registers(unit, address, words).await,
+        };
         self.last_io = Some(Instant::now());
         if let Err(f) = &r {
             f.count(stats);
@@ -886,6 +855,14 @@ fn shrink_limit(dev: &mut Device, block: &Block, adapter: &Name) {
             "modbus device refused a read of this size; reading less from now on (set max_registers / max_bits to say so in config)");
         *limit = new;
     }
+}
+
+/// The indices of the points of `blocks`, in order.
+fn points_of<'a>(blocks: impl IntoIterator<Item = &'a Block>) -> Vec<usize> {
+    blocks
+        .into_iter()
+        .flat_map(|b| b.points.iter().copied())
+        .collect()
 }
 
 /// The value of point `p` inside `block`'s data.
