@@ -297,13 +297,7 @@ async fn pipeline_run(
 ) -> Result<Phase, QueueError> {
     let qpath = fresh_db(dir, "bench-pipeline.db");
     let out = dir.join("bench-pipeline.jsonl");
-    for i in 0..=1 {
-        let _ = std::fs::remove_file(if i == 0 {
-            out.clone()
-        } else {
-            out.with_extension("jsonl.1")
-        });
-    }
+    remove_archive(&out);
     let config = bench_config(dir, &qpath, durability, batch)?;
     let factory: AdapterFactory = Box::new(move || {
         Ok(Box::new(fieldgate_simulator::Simulator::full_rate(
@@ -312,21 +306,7 @@ async fn pipeline_run(
             Some(n),
         )) as Box<dyn Adapter>)
     });
-    let parts = Parts {
-        adapters: vec![("bench".into(), factory)],
-        uplinks: vec![(
-            ForwarderOptions {
-                id: "file".into(),
-                adapters: None,
-                batch_size: batch,
-                retry_min: Duration::from_millis(10),
-                retry_max: Duration::from_secs(1),
-                drain: crate::uplink::Drain::Fifo,
-            },
-            // Rotate at 256 MB and keep one old file: the bench must not fill the disk.
-            Box::new(FileUplink::new(out.clone(), 256 << 20, 1, "bench".into())),
-        )],
-    };
+    let parts = file_parts(factory, &out, batch);
     let probe = Probe::now();
     let running = pipeline::start_with(&config, parts, PipelineOptions::default())
         .await
@@ -345,9 +325,38 @@ async fn pipeline_run(
         .stop()
         .await
         .map_err(|e| QueueError::Incompatible(e.to_string()))?;
-    let _ = std::fs::remove_file(&out);
-    let _ = std::fs::remove_file(out.with_extension("jsonl.1"));
+    remove_archive(&out);
     Ok(phase)
+}
+
+/// One adapter, `bench`, and one file uplink writing to `out`: the pipeline phases' parts.
+fn file_parts(factory: AdapterFactory, out: &Path, batch: usize) -> Parts {
+    Parts {
+        adapters: vec![("bench".into(), factory)],
+        uplinks: vec![(
+            ForwarderOptions {
+                id: "file".into(),
+                adapters: None,
+                batch_size: batch,
+                retry_min: Duration::from_millis(10),
+                retry_max: Duration::from_secs(1),
+                drain: crate::uplink::Drain::Fifo,
+            },
+            // Rotate at 256 MB and keep one old file: the bench must not fill the disk.
+            Box::new(FileUplink::new(
+                out.to_path_buf(),
+                256 << 20,
+                1,
+                "bench".into(),
+            )),
+        )],
+    }
+}
+
+/// Removes the file uplink's archive and its rotated predecessor.
+fn remove_archive(out: &Path) {
+    let _ = std::fs::remove_file(out);
+    let _ = std::fs::remove_file(out.with_extension("jsonl.1"));
 }
 
 /// A config with the bench's queue settings; the pipeline's parts are supplied by hand.

@@ -17,10 +17,11 @@ use fieldgate_modbus::sim::SimServer;
 use fieldgate_modbus::{ByteOrder, Modbus};
 use tokio::net::TcpListener;
 
-use super::{bench_config, bench_dir, fresh_db, BenchReport, Phase, Probe};
-use crate::pipeline::{self, AdapterFactory, Parts, PipelineOptions};
+use super::{
+    bench_config, bench_dir, file_parts, fresh_db, remove_archive, BenchReport, Phase, Probe,
+};
+use crate::pipeline::{self, AdapterFactory, PipelineOptions};
 use crate::queue::{Durability, QueueError};
-use crate::uplink::{FileUplink, ForwarderOptions};
 
 fn err(e: impl std::fmt::Display) -> QueueError {
     QueueError::Incompatible(e.to_string())
@@ -140,25 +141,11 @@ async fn into_queue(
 ) -> Result<Phase, QueueError> {
     let qpath = fresh_db(dir, "bench-modbus.db");
     let out = dir.join("bench-modbus.jsonl");
-    let _ = std::fs::remove_file(&out);
-    let _ = std::fs::remove_file(out.with_extension("jsonl.1"));
+    remove_archive(&out);
     let config = bench_config(dir, &qpath, Durability::Crash, batch)?;
     let factory: AdapterFactory =
         Box::new(move || Modbus::new(&cfg).map(|m| Box::new(m) as Box<dyn Adapter>));
-    let parts = Parts {
-        adapters: vec![("bench".into(), factory)],
-        uplinks: vec![(
-            ForwarderOptions {
-                id: "file".into(),
-                adapters: None,
-                batch_size: batch,
-                retry_min: Duration::from_millis(10),
-                retry_max: Duration::from_secs(1),
-                drain: crate::uplink::Drain::Fifo,
-            },
-            Box::new(FileUplink::new(out.clone(), 256 << 20, 1, "bench".into())),
-        )],
-    };
+    let parts = file_parts(factory, &out, batch);
     let running = pipeline::start_with(&config, parts, PipelineOptions::default())
         .await
         .map_err(err)?;
@@ -171,7 +158,6 @@ async fn into_queue(
     let done = *committed.borrow() - start;
     let phase = probe.phase(String::new(), done);
     running.stop().await.map_err(err)?;
-    let _ = std::fs::remove_file(&out);
-    let _ = std::fs::remove_file(out.with_extension("jsonl.1"));
+    remove_archive(&out);
     Ok(phase)
 }
