@@ -30,16 +30,22 @@ pub struct Origin<'a> {
 
 /// Appends `q` as one JSON object (no newline) to `out`.
 pub fn write_json(out: &mut Vec<u8>, origin: Origin<'_>, q: &Queued) {
-    write_object(out, q, Some(origin));
+    write_object(out, q, Some(origin), true);
+}
+
+/// Appends `q` as a JSON object inside a batch envelope that names the gateway but not the
+/// device (the HTTPS body): `{"seq":..,"adapter":..,"device":..,"point":..,...}`.
+pub fn write_sourced_item(out: &mut Vec<u8>, q: &Queued) {
+    write_object(out, q, None, true);
 }
 
 /// Appends `q` as a JSON object inside a batch envelope that already names the gateway,
 /// adapter and device: `{"seq":..,"point":..,"ts":..,"type":..,"value":..,...}`.
 pub fn write_batch_item(out: &mut Vec<u8>, q: &Queued) {
-    write_object(out, q, None);
+    write_object(out, q, None, false);
 }
 
-fn write_object(out: &mut Vec<u8>, q: &Queued, header: Option<Origin<'_>>) {
+fn write_object(out: &mut Vec<u8>, q: &Queued, header: Option<Origin<'_>>, source: bool) {
     let r = &q.reading;
     let mut ser = serde_json::Serializer::new(&mut *out);
     // Writing into a Vec cannot fail, and every field is a plain string or number.
@@ -51,7 +57,7 @@ fn write_object(out: &mut Vec<u8>, q: &Queued, header: Option<Origin<'_>>) {
             m.serialize_entry("queue_id", origin.queue_id)?;
         }
         m.serialize_entry("seq", &q.seq)?;
-        if header.is_some() {
+        if source {
             m.serialize_entry("adapter", r.source.as_str())?;
             m.serialize_entry("device", r.device.as_str())?;
         }
@@ -184,6 +190,7 @@ mod tests {
     fn json(value: Value, quality: Quality) -> serde_json::Value {
         let q = Queued {
             unsynced: false,
+            only_for: None,
             seq: 42,
             reading: Reading::new(
                 "sim",
@@ -235,6 +242,7 @@ mod tests {
     fn text_lines_for_people() {
         let q = |quality| Queued {
             unsynced: false,
+            only_for: None,
             seq: 42,
             reading: Reading::new(
                 "sim",

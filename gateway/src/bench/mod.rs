@@ -22,7 +22,7 @@ use rusqlite::{params, Connection};
 use crate::config::Config;
 use crate::pipeline::{self, AdapterFactory, Parts, PipelineOptions};
 use crate::queue::{Durability, Queue, QueueError, QueueOptions};
-use crate::uplink::{FileUplink, ForwarderOptions};
+use crate::uplink::{FileUplink, Filter, ForwarderOptions};
 
 mod modbus;
 mod mqtt;
@@ -336,7 +336,7 @@ fn file_parts(factory: AdapterFactory, out: &Path, batch: usize) -> Parts {
         uplinks: vec![(
             ForwarderOptions {
                 id: "file".into(),
-                adapters: None,
+                filter: Filter::default(),
                 batch_size: batch,
                 retry_min: Duration::from_millis(10),
                 retry_max: Duration::from_secs(1),

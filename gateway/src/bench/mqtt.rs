@@ -18,7 +18,7 @@ use super::{bench_config, bench_dir, fresh_db, sample_batch, BenchReport, Phase,
 use crate::pipeline::{self, AdapterFactory, Parts, PipelineOptions};
 use crate::queue::{Durability, Queue, QueueError, QueueOptions, Queued};
 use crate::uplink::mqtt::{build_messages, MqttSettings, MqttUplink, MqttUplinkConfig};
-use crate::uplink::ForwarderOptions;
+use crate::uplink::{Filter, ForwarderOptions};
 
 fn err(e: impl std::fmt::Display) -> QueueError {
     QueueError::Incompatible(e.to_string())
@@ -75,6 +75,7 @@ async fn bare_publisher(
             seq,
             reading,
             unsynced: false,
+            only_for: None,
         })
         .collect();
     let (messages, _) = build_messages(
@@ -188,7 +189,7 @@ async fn drain(
         uplinks: vec![(
             ForwarderOptions {
                 id: "mqtt".into(),
-                adapters: None,
+                filter: Filter::default(),
                 batch_size: batch,
                 retry_min: Duration::from_millis(100),
                 retry_max: Duration::from_secs(1),

@@ -35,8 +35,9 @@ pub use load::{ConfigError, ConfigErrors, KeyPath, Seg, ENV_PREFIX};
 pub use units::{ByteSize, Secret, SecretSource};
 
 use crate::queue::{Durability, QueueOptions, WhenFull};
+use crate::uplink::https::{HttpsSettings, HttpsUplinkConfig};
 use crate::uplink::mqtt::{MqttSettings, MqttUplinkConfig};
-use crate::uplink::Drain;
+use crate::uplink::{Drain, Filter};
 use load::{Collector, Extract};
 
 /// The commented template printed by `fieldgate config template`.
@@ -229,8 +230,8 @@ impl AdapterConfig {
 pub struct UplinkSection {
     /// Unique id; the queue keeps one watermark per id.
     pub id: String,
-    /// Only readings from these adapters; default: all.
-    pub adapters: Option<Vec<String>>,
+    /// Which readings it carries (`adapters`, `devices`, `points`); default: all.
+    pub filter: Filter,
     /// Most readings per delivery.
     pub batch_size: usize,
     /// First retry delay after a failure.
@@ -258,6 +259,10 @@ enum DrainMode {
 struct UplinkCommon {
     #[serde(default)]
     adapters: Option<Vec<String>>,
+    #[serde(default)]
+    devices: Option<Vec<String>>,
+    #[serde(default)]
+    points: Option<Vec<String>>,
     #[serde(default = "default_uplink_batch")]
     batch_size: usize,
     #[serde(default = "default_retry_min", with = "fieldgate_adapter::duration")]
@@ -272,6 +277,8 @@ struct UplinkCommon {
 
 const UPLINK_COMMON_KEYS: &[&str] = &[
     "adapters",
+    "devices",
+    "points",
     "batch_size",
     "retry_min",
     "retry_max",
@@ -283,6 +290,8 @@ const UPLINK_ENTRY_KEYS: &[&str] = &[
     "id",
     "type",
     "adapters",
+    "devices",
+    "points",
     "batch_size",
     "retry_min",
     "retry_max",
@@ -319,11 +328,13 @@ pub enum UplinkConfig {
     Console(ConsoleUplinkConfig),
     /// `type = "mqtt"`: any MQTT broker, validated and resolved.
     Mqtt(Box<MqttSettings>),
+    /// `type = "https"`: JSON batches POSTed to an HTTPS endpoint, validated and resolved.
+    Https(Box<HttpsSettings>),
 }
 
 impl UplinkConfig {
     /// Every value of `type`.
-    pub const TYPES: &'static [&'static str] = &["mqtt", "file", "console"];
+    pub const TYPES: &'static [&'static str] = &["mqtt", "https", "file", "console"];
 
     /// The `type` string.
     pub fn type_name(&self) -> &'static str {
@@ -331,6 +342,7 @@ impl UplinkConfig {
             UplinkConfig::File(_) => "file",
             UplinkConfig::Console(_) => "console",
             UplinkConfig::Mqtt(_) => "mqtt",
+            UplinkConfig::Https(_) => "https",
         }
     }
 }
@@ -808,6 +820,17 @@ fn uplink(
                     None
                 }
             }),
+        "https" => c
+            .extract_with::<HttpsUplinkConfig>(&rest, at, kind_keys)
+            .and_then(|h| match h.settings(ctx.base, ctx.env) {
+                Ok(s) => Some(UplinkConfig::Https(Box::new(s))),
+                Err(problems) => {
+                    for p in problems {
+                        c.push(at.join_str(&p.key), p.message);
+                    }
+                    None
+                }
+            }),
         _ => None,
     };
     let common = common?;
@@ -835,12 +858,20 @@ fn uplink(
             }
         }
     };
-    if common.adapters.as_ref().is_some_and(Vec::is_empty) {
-        c.push(
-            at.key("adapters"),
-            "an empty list would carry nothing; leave `adapters` out to carry every adapter's readings",
-        );
-        ok = false;
+    for (key, list) in [
+        ("adapters", &common.adapters),
+        ("devices", &common.devices),
+        ("points", &common.points),
+    ] {
+        if list.as_ref().is_some_and(Vec::is_empty) {
+            c.push(
+                at.key(key),
+                format!(
+                    "an empty list would carry nothing; leave `{key}` out to carry every reading"
+                ),
+            );
+            ok = false;
+        }
     }
     if common.batch_size == 0 || common.batch_size > 100_000 {
         c.push(
@@ -863,7 +894,11 @@ fn uplink(
     let kind = kind?;
     ok.then_some(UplinkSection {
         id,
-        adapters: common.adapters,
+        filter: Filter {
+            adapters: common.adapters.unwrap_or_default(),
+            devices: common.devices.unwrap_or_default(),
+            points: common.points.unwrap_or_default(),
+        },
         batch_size: common.batch_size,
         retry_min: common.retry_min,
         retry_max: common.retry_max,

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use fieldgate_adapter::{BoxFuture, Reading, Value};
 
 use crate::queue::{Inspector, Queued};
-use crate::uplink::{settled, Delivery, Pending, SendError};
+use crate::uplink::{settled, Delivery, Filter, Pending, SendError};
 
 fn config(dir: &Path, queue: &str) -> Config {
     let queue = if queue.is_empty() {
@@ -147,7 +147,7 @@ impl Uplink for Recorder {
 fn uplink_opts(id: &str) -> ForwarderOptions {
     ForwarderOptions {
         id: id.into(),
-        adapters: None,
+        filter: Filter::default(),
         batch_size: 100,
         retry_min: Duration::from_millis(5),
         retry_max: Duration::from_millis(20),
@@ -244,7 +244,7 @@ async fn retries_then_delivers_and_dead_letters_rejects() {
     ]);
     let picky = Recorder::with_script(vec![Err(SendError::Reject("HTTP 400".into()))]);
     let mut only_b = uplink_opts("only-b");
-    only_b.adapters = Some(["b".to_string()].into());
+    only_b.filter.adapters = vec!["b".to_string()];
     let filtered = Recorder::default();
     let parts = Parts {
         adapters: vec![

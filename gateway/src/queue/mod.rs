@@ -124,6 +124,9 @@ pub struct Queued {
     /// Its timestamp was taken while the system clock was not synchronized and could not be
     /// corrected (yet): payloads flag it.
     pub unsynced: bool,
+    /// Sent again by `fieldgate queue requeue` for this uplink only: the others already
+    /// have it.
+    pub only_for: Option<String>,
 }
 
 /// What happened to an appended batch.
@@ -850,6 +853,7 @@ fn peek(
         out.push(Queued {
             seq: seq as u64,
             unsynced: false,
+            only_for: None,
             reading: Reading {
                 source: key.source,
                 device: key.device,

@@ -199,6 +199,7 @@ mod tests {
         (from..from + n)
             .map(|seq| Queued {
                 unsynced: false,
+                only_for: None,
                 seq,
                 reading: Reading::new("sim", "d", "p", UNIX_EPOCH, Value::I64(seq as i64)),
             })

@@ -14,13 +14,13 @@
 //! folded into the watermark when the backlog is done. After a crash in between they are sent
 //! again, as backlog: at-least-once, never lost.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use fieldgate_adapter::Shutdown;
 use tokio::time::Instant;
 
-use super::{settled, Delivery, Pending, SendError, Uplink};
+use super::{settled, Delivery, Filter, Pending, SendError, Uplink};
 use crate::backoff::Backoff;
 use crate::config::UplinkSection;
 use crate::queue::{QueueHandle, Queued};
@@ -43,8 +43,8 @@ pub enum Drain {
 pub struct ForwarderOptions {
     /// The uplink's id (its watermark's name in the queue).
     pub id: String,
-    /// Only readings from these adapters; `None` for all.
-    pub adapters: Option<HashSet<String>>,
+    /// Which readings it carries.
+    pub filter: Filter,
     /// Most readings per send.
     pub batch_size: usize,
     /// First retry delay.
@@ -60,7 +60,7 @@ impl ForwarderOptions {
     pub fn from_section(s: &UplinkSection) -> Self {
         ForwarderOptions {
             id: s.id.clone(),
-            adapters: s.adapters.as_ref().map(|a| a.iter().cloned().collect()),
+            filter: s.filter.clone(),
             batch_size: s.batch_size,
             retry_min: s.retry_min,
             retry_max: s.retry_max,
@@ -118,6 +118,12 @@ struct Forwarder {
     backoff: Backoff,
     /// The stream of the last batch handed to the uplink.
     last_sent: Option<Stream>,
+    /// After a failure: where the batches that were in flight ended, oldest first. They are
+    /// sent again with exactly these ranges (and so the same idempotency keys), even if more
+    /// readings were committed meanwhile.
+    replay: VecDeque<u64>,
+    /// The far side's `Retry-After`, for the next backoff.
+    retry_after: Option<Duration>,
 }
 
 impl Forwarder {
@@ -145,14 +151,25 @@ impl Forwarder {
         };
     }
 
-    fn filter(&self, items: Vec<Queued>) -> Vec<Queued> {
-        match &self.opts.adapters {
-            None => items,
-            Some(wanted) => items
-                .into_iter()
-                .filter(|q| wanted.contains(q.reading.source.as_str()))
-                .collect(),
+    fn filter(&self, mut items: Vec<Queued>) -> Vec<Queued> {
+        items.retain(|q| self.opts.filter.carries(&self.opts.id, q));
+        items
+    }
+
+    /// Before a rewind after a failure: remembers the ranges of the batches that were in
+    /// flight (`failed_last` ended the one that failed), so they are sent again as they were.
+    fn remember_ranges(&mut self, stream: Stream, failed_last: u64) {
+        self.replay.clear();
+        if matches!(self.opts.drain, Drain::LiveFirst { .. }) || stream != Stream::Main {
+            return;
         }
+        self.replay.push_back(failed_last);
+        self.replay.extend(
+            self.inflight
+                .iter()
+                .filter(|f| f.stream == Stream::Main)
+                .map(|f| f.last),
+        );
     }
 
     /// Peeks the next batch of `stream`. `Ok(None)`: nothing there now.
@@ -160,8 +177,15 @@ impl Forwarder {
         &mut self,
         stream: Stream,
     ) -> Result<Option<(u64, Vec<Queued>)>, crate::queue::QueueError> {
+        while self.replay.front().is_some_and(|&end| end <= self.next) {
+            self.replay.pop_front();
+        }
+        let replay = match stream {
+            Stream::Main => self.replay.front().copied(),
+            _ => None,
+        };
         let (from, until) = match (stream, &self.split) {
-            (Stream::Main, _) => (self.next, u64::MAX),
+            (Stream::Main, _) => (self.next, replay.unwrap_or(u64::MAX)),
             (Stream::Backlog, Some(sp)) => (sp.backlog_next, sp.at),
             (Stream::Live, Some(sp)) => (sp.live_next, u64::MAX),
             (_, None) => return Ok(None),
@@ -171,11 +195,19 @@ impl Forwarder {
         }
         let mut items = self.queue.peek(from, self.opts.batch_size).await?;
         items.retain(|q| q.seq <= until);
-        let last = match items.last() {
-            Some(q) => q.seq,
+        let last = match (items.last(), replay) {
+            // A batch sent again ends where it ended the first time, even if some of its
+            // readings expired meanwhile.
+            (last, Some(end))
+                if items.len() < self.opts.batch_size || last.is_some_and(|q| q.seq == end) =>
+            {
+                self.replay.pop_front();
+                end
+            }
+            (Some(q), _) => q.seq,
             // Rows of the backlog may have expired under it: it is done.
-            None if stream == Stream::Backlog => until,
-            None => return Ok(None),
+            (None, _) if stream == Stream::Backlog => until,
+            (None, _) => return Ok(None),
         };
         match (stream, self.split.as_mut()) {
             (Stream::Main, _) => self.next = last,
@@ -251,8 +283,11 @@ impl Forwarder {
                     delivery.bytes,
                 )
             }
-            Err(SendError::Retry(why)) => {
-                tracing::warn!(uplink = %id, error = %why, attempt = self.backoff.attempts() + 1, "delivery failed; will retry");
+            Err(e @ (SendError::Retry(_) | SendError::RetryAfter(..))) => {
+                if let SendError::RetryAfter(_, after) = &e {
+                    self.retry_after = Some(*after);
+                }
+                tracing::warn!(uplink = %id, error = %e, attempt = self.backoff.attempts() + 1, "delivery failed; will retry");
                 return false;
             }
             Err(SendError::Reject(why)) => {
@@ -332,6 +367,8 @@ pub async fn forwarder(
         split: None,
         inflight: VecDeque::with_capacity(window),
         last_sent: None,
+        replay: VecDeque::new(),
+        retry_after: None,
     };
     f.rewind(*committed.borrow_and_update());
     loop {
@@ -422,8 +459,13 @@ pub async fn forwarder(
         let ok = f.settle(stream, last, &seqs, result).await;
         let ok = ok && f.merge_if_done().await.is_ok();
         if !ok {
-            // Everything after the last acknowledged reading is sent again, after a backoff.
-            let delay = f.backoff.next_delay();
+            // Everything after the last acknowledged reading is sent again, after a backoff
+            // (no shorter than the far side asked for).
+            let delay = f
+                .backoff
+                .next_delay()
+                .max(f.retry_after.take().unwrap_or_default());
+            f.remember_ranges(stream, last);
             f.rewind(*committed.borrow());
             tracing::debug!(uplink = %f.id(), retry_in = ?delay, from_seq = f.cursor + 1, "rewinding");
             if shutdown.is_fired() {

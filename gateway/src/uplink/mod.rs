@@ -14,9 +14,13 @@
 
 mod console;
 mod file;
+mod filter;
 mod forwarder;
+pub mod https;
 pub mod mqtt;
+mod tls;
 
+pub use filter::{glob, Filter};
 pub use forwarder::{forwarder, Drain, ForwarderOptions};
 
 use fieldgate_adapter::BoxFuture;
@@ -33,6 +37,10 @@ pub enum SendError {
     /// Transient (connection down, timeout, disk busy): send the same batch again later.
     #[error("{0} (will retry)")]
     Retry(String),
+    /// Transient, and the far side said when to come back (HTTP `Retry-After`): send the
+    /// batch again no sooner than this.
+    #[error("{0} (will retry in {secs}s)", secs = .1.as_secs())]
+    RetryAfter(String, std::time::Duration),
     /// Permanent for this batch (the far side refuses it): dead-letter it and move on.
     #[error("{0} (rejected)")]
     Reject(String),
@@ -105,6 +113,10 @@ pub fn build(config: &Config, section: &UplinkSection) -> Box<dyn Uplink> {
         UplinkConfig::Console(c) => {
             Box::new(ConsoleUplink::new(c.format, config.gateway.id.clone()))
         }
+        UplinkConfig::Https(h) => Box::new(https::HttpsUplink::new(
+            (**h).clone(),
+            config.gateway.id.clone(),
+        )),
         UplinkConfig::Mqtt(m) => Box::new(mqtt::MqttUplink::start(
             (**m).clone(),
             config.gateway.id.clone(),

@@ -580,7 +580,7 @@ impl MqttUplinkConfig {
             }
         }
         if tls && p.is_empty() {
-            if let Err(e) = super::tls::client_config(
+            if let Err(e) = crate::uplink::tls::client_config(
                 ca_file.as_deref(),
                 client_auth.as_ref(),
                 self.insecure_skip_verify,

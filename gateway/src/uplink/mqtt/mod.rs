@@ -16,7 +16,6 @@
 mod azure;
 mod config;
 mod message;
-mod tls;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -275,7 +274,7 @@ fn options(s: &MqttSettings) -> Result<MqttOptions, String> {
         ));
     }
     if s.tls {
-        let tls = tls::client_config(
+        let tls = super::tls::client_config(
             s.ca_file.as_deref(),
             s.client_auth.as_ref(),
             s.insecure_skip_verify,

@@ -13,7 +13,7 @@ use super::*;
 use crate::broker::{Broker, BrokerOptions};
 use crate::config::Config;
 use crate::pipeline::{start_with, AdapterFactory, Parts, PipelineOptions, Running};
-use crate::uplink::ForwarderOptions;
+use crate::uplink::{Filter, ForwarderOptions};
 
 fn settings(url: &str, extra: &str) -> MqttSettings {
     let raw =
@@ -79,7 +79,7 @@ async fn pipeline(dir: &Path, values: Vec<Value>, uplink: MqttUplink) -> Running
         uplinks: vec![(
             ForwarderOptions {
                 id: "mqtt".into(),
-                adapters: None,
+                filter: Filter::default(),
                 batch_size: 1000,
                 retry_min: Duration::from_millis(50),
                 retry_max: Duration::from_millis(500),

@@ -18,6 +18,7 @@ fn settings(extra: &str) -> MqttSettings {
 fn q(seq: u64, device: &str, point: &str, value: Value) -> Queued {
     Queued {
         unsynced: false,
+        only_for: None,
         seq,
         reading: Reading::new(
             "plc",

@@ -1,5 +1,5 @@
-//! rustls client configuration for `mqtts://`: system or given roots, optional client
-//! certificate, optional (loudly logged) no-verification.
+//! rustls client configuration for the TLS uplinks (`mqtts://`, `https://`): system or given
+//! roots, optional client certificate, optional (loudly logged) no-verification.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

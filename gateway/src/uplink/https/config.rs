@@ -1,0 +1,505 @@
+//! `[[uplinks]] type = "https"`: the section as written and its validation into
+//! [`HttpsSettings`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fieldgate_adapter::ConfigProblem;
+use reqwest::header::{HeaderName, HeaderValue};
+use serde::Deserialize;
+
+use crate::config::{Secret, SecretSource};
+
+/// The `type = "https"` section as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpsUplinkConfig {
+    /// Where batches are POSTed: `https://host[:port]/path` (`http://` is accepted for a
+    /// local endpoint, with a warning: readings then cross the network in clear).
+    pub url: String,
+    /// Extra request headers. A value is a string, `{ file = "..." }` or `{ env = "VAR" }`
+    /// (an API key, say); values are never logged.
+    #[serde(default)]
+    pub headers: BTreeMap<String, SecretSource>,
+    /// `Authorization: Bearer <token>`: inline, `{ file = "..." }` or `{ env = "VAR" }`.
+    #[serde(default)]
+    pub bearer_token: Option<SecretSource>,
+    /// HTTP basic auth user name (with `password`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// HTTP basic auth password: inline, `{ file = "..." }` or `{ env = "VAR" }`.
+    #[serde(default)]
+    pub password: Option<SecretSource>,
+    /// PEM file with the CA certificates to trust; default: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for mutual TLS.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// Accept any server certificate. Dangerous: logged as a warning at start.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// Compress request bodies with gzip (`Content-Encoding: gzip`). Default false.
+    #[serde(default)]
+    pub gzip: bool,
+    /// How long one request may take, from connect to the end of the response. Default `"30s"`.
+    #[serde(default = "default_timeout", with = "fieldgate_adapter::duration")]
+    pub timeout: Duration,
+    /// How long a connection (TCP + TLS handshake) may take. Default `"10s"`.
+    #[serde(
+        default = "default_connect_timeout",
+        with = "fieldgate_adapter::duration"
+    )]
+    pub connect_timeout: Duration,
+    /// Most requests in flight at once (each on its own connection). Default 4.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// The header carrying the batch's idempotency key
+    /// (`<queue_id>:<first_seq>-<last_seq>`); `""` leaves it out. Default `"Idempotency-Key"`.
+    #[serde(default = "default_idempotency_header")]
+    pub idempotency_header: String,
+}
+
+const fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+const fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+const fn default_max_in_flight() -> usize {
+    4
+}
+fn default_idempotency_header() -> String {
+    "Idempotency-Key".into()
+}
+
+/// How requests authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// Nothing beyond the configured headers (and the client certificate, if any).
+    None,
+    /// `Authorization: Bearer <token>`.
+    Bearer(Secret),
+    /// `Authorization: Basic ...`.
+    Basic {
+        /// User name.
+        username: String,
+        /// Password.
+        password: Secret,
+    },
+}
+
+/// Everything the HTTPS uplink needs, validated and resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpsSettings {
+    /// The endpoint.
+    pub url: reqwest::Url,
+    /// Extra headers, values resolved (secret: never logged).
+    pub headers: Vec<(HeaderName, Secret)>,
+    /// Authentication.
+    pub auth: Auth,
+    /// CA file (resolved against the config directory).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (resolved).
+    pub client_auth: Option<(PathBuf, PathBuf)>,
+    /// Skip server certificate verification.
+    pub insecure_skip_verify: bool,
+    /// Gzip request bodies.
+    pub gzip: bool,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// In-flight window.
+    pub max_in_flight: usize,
+    /// Idempotency key header, if any.
+    pub idempotency_header: Option<HeaderName>,
+}
+
+impl HttpsSettings {
+    /// True for an `https://` url.
+    pub fn tls(&self) -> bool {
+        self.url.scheme() == "https"
+    }
+}
+
+/// Headers fieldgate sets itself; configuring them would be ambiguous.
+const RESERVED: &[&str] = &["content-type", "content-encoding", "content-length", "host"];
+
+impl HttpsUplinkConfig {
+    /// Parses the keys of a `type = "https"` section (without `id` and `type`) from TOML text,
+    /// for tools and tests that build an uplink without a site config.
+    pub fn from_toml(text: &str) -> Result<HttpsUplinkConfig, String> {
+        use figment::providers::{Format, Toml};
+        figment::Figment::from(Toml::string(text))
+            .extract()
+            .map_err(|e| e.to_string())
+    }
+
+    /// Validates the section and resolves it. `base` is the config directory, `env` the
+    /// process environment (for secrets).
+    pub fn settings(
+        &self,
+        base: &Path,
+        env: &[(String, String)],
+    ) -> Result<HttpsSettings, Vec<ConfigProblem>> {
+        let mut p = Vec::new();
+        let url = match reqwest::Url::parse(&self.url) {
+            Ok(u) if matches!(u.scheme(), "https" | "http") && u.host_str().is_some() => {
+                if !u.username().is_empty() || u.password().is_some() {
+                    p.push(ConfigProblem::new(
+                        "url",
+                        "must not hold credentials; use username/password or bearer_token",
+                    ));
+                }
+                Some(u)
+            }
+            Ok(u) if u.host_str().is_none() => {
+                p.push(ConfigProblem::new(
+                    "url",
+                    format!("`{}` has no host", self.url),
+                ));
+                None
+            }
+            Ok(_) => {
+                p.push(ConfigProblem::new(
+                    "url",
+                    format!("`{}` must start with https:// (or http://)", self.url),
+                ));
+                None
+            }
+            Err(e) => {
+                p.push(ConfigProblem::new(
+                    "url",
+                    format!("`{}` is not a valid url: {e}", self.url),
+                ));
+                None
+            }
+        };
+        let secret =
+            |p: &mut Vec<ConfigProblem>, key: String, s: &SecretSource| -> Option<Secret> {
+                match s.resolve(base, env) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        p.push(ConfigProblem::new(key, e));
+                        None
+                    }
+                }
+            };
+        let bearer = self
+            .bearer_token
+            .as_ref()
+            .and_then(|s| secret(&mut p, "bearer_token".into(), s));
+        let password = self
+            .password
+            .as_ref()
+            .and_then(|s| secret(&mut p, "password".into(), s));
+        let mut headers = Vec::new();
+        for (name, value) in &self.headers {
+            let key = format!("headers.{name}");
+            let Some(value) = secret(&mut p, key.clone(), value) else {
+                continue;
+            };
+            match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) if RESERVED.contains(&h.as_str()) => p.push(ConfigProblem::new(
+                    key,
+                    format!("`{name}` is set by fieldgate itself"),
+                )),
+                Ok(h) if h == reqwest::header::AUTHORIZATION && self.has_auth() => {
+                    p.push(ConfigProblem::new(
+                        key,
+                        "conflicts with bearer_token / username: give one of them",
+                    ));
+                }
+                Ok(h) => {
+                    if HeaderValue::from_str(value.expose()).is_err() {
+                        p.push(ConfigProblem::new(
+                            key,
+                            "the value holds characters a header cannot carry (control characters or non-ASCII)",
+                        ));
+                    } else {
+                        headers.push((h, value));
+                    }
+                }
+                Err(_) => p.push(ConfigProblem::new(
+                    key,
+                    format!("`{name}` is not a valid header name"),
+                )),
+            }
+        }
+        let auth = match (bearer, &self.username, password) {
+            (None, None, None) => Auth::None,
+            (Some(t), None, None) => Auth::Bearer(t),
+            (None, Some(u), Some(pw)) => Auth::Basic {
+                username: u.clone(),
+                password: pw,
+            },
+            (None, Some(_), None) if self.password.is_none() => {
+                p.push(ConfigProblem::new(
+                    "password",
+                    "username needs a password (HTTP basic auth)",
+                ));
+                Auth::None
+            }
+            (None, None, Some(_)) => {
+                p.push(ConfigProblem::new(
+                    "username",
+                    "password needs a username (HTTP basic auth)",
+                ));
+                Auth::None
+            }
+            (Some(_), _, _) if self.username.is_some() || self.password.is_some() => {
+                p.push(ConfigProblem::new(
+                    "bearer_token",
+                    "give either bearer_token or username/password, not both",
+                ));
+                Auth::None
+            }
+            // A secret that failed to resolve was reported above.
+            _ => Auth::None,
+        };
+
+        let file = |path: &Option<PathBuf>| path.as_ref().map(|f| base.join(f));
+        let ca_file = file(&self.ca_file);
+        let cert = file(&self.client_cert);
+        let key = file(&self.client_key);
+        for (k, f) in [
+            ("ca_file", &ca_file),
+            ("client_cert", &cert),
+            ("client_key", &key),
+        ] {
+            if let Some(f) = f {
+                if let Err(e) = std::fs::metadata(f) {
+                    p.push(ConfigProblem::new(
+                        k,
+                        format!("cannot read {}: {e}", f.display()),
+                    ));
+                }
+            }
+        }
+        let client_auth = match (cert, key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => {
+                p.push(ConfigProblem::new(
+                    "client_key",
+                    "client_cert needs client_key (mutual TLS takes both)",
+                ));
+                None
+            }
+            (None, Some(_)) => {
+                p.push(ConfigProblem::new(
+                    "client_cert",
+                    "client_key needs client_cert (mutual TLS takes both)",
+                ));
+                None
+            }
+        };
+        let tls = url.as_ref().is_none_or(|u| u.scheme() == "https");
+        if !tls && (ca_file.is_some() || client_auth.is_some() || self.insecure_skip_verify) {
+            p.push(ConfigProblem::new(
+                "url",
+                "TLS settings (ca_file, client_cert, insecure_skip_verify) need an https:// url",
+            ));
+        }
+        for (k, d) in [
+            ("timeout", self.timeout),
+            ("connect_timeout", self.connect_timeout),
+        ] {
+            if d.is_zero() {
+                p.push(ConfigProblem::new(k, "must be greater than zero"));
+            }
+        }
+        if !(1..=64).contains(&self.max_in_flight) {
+            p.push(ConfigProblem::new(
+                "max_in_flight",
+                format!("must be between 1 and 64, not {}", self.max_in_flight),
+            ));
+        }
+        let idempotency_header = match self.idempotency_header.as_str() {
+            "" => None,
+            h => match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(h) => Some(h),
+                Err(_) => {
+                    p.push(ConfigProblem::new(
+                        "idempotency_header",
+                        format!("`{h}` is not a valid header name"),
+                    ));
+                    None
+                }
+            },
+        };
+        if tls && p.is_empty() {
+            if let Err(e) = crate::uplink::tls::client_config(
+                ca_file.as_deref(),
+                client_auth.as_ref(),
+                self.insecure_skip_verify,
+            ) {
+                let key = if e.contains("client") {
+                    "client_cert"
+                } else {
+                    "ca_file"
+                };
+                p.push(ConfigProblem::new(key, e));
+            }
+        }
+        match url {
+            Some(url) if p.is_empty() => Ok(HttpsSettings {
+                url,
+                headers,
+                auth,
+                ca_file,
+                client_auth,
+                insecure_skip_verify: self.insecure_skip_verify,
+                gzip: self.gzip,
+                timeout: self.timeout,
+                connect_timeout: self.connect_timeout,
+                max_in_flight: self.max_in_flight,
+                idempotency_header,
+            }),
+            _ => Err(p),
+        }
+    }
+
+    fn has_auth(&self) -> bool {
+        self.bearer_token.is_some() || self.username.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(text: &str) -> Result<HttpsSettings, Vec<(String, String)>> {
+        let c = HttpsUplinkConfig::from_toml(text).map_err(|e| vec![(String::new(), e)])?;
+        c.settings(Path::new("."), &[("TOKEN".into(), "t0k3n".into())])
+            .map_err(|ps| ps.into_iter().map(|p| (p.key, p.message)).collect())
+    }
+
+    fn problem_keys(text: &str) -> Vec<String> {
+        settings(text)
+            .expect_err("config should be refused")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    #[test]
+    fn defaults_and_resolved_secrets() {
+        let s = settings(
+            r#"url = "https://ingest.example.com/v1/readings"
+               bearer_token = { env = "TOKEN" }
+               headers = { "X-Site" = "north" }"#,
+        )
+        .expect("valid");
+        assert!(s.tls());
+        assert_eq!(s.auth, Auth::Bearer(Secret::from("t0k3n")));
+        assert_eq!(s.headers.len(), 1);
+        assert_eq!(s.headers[0].0.as_str(), "x-site");
+        assert_eq!(s.timeout, Duration::from_secs(30));
+        assert_eq!(s.max_in_flight, 4);
+        assert_eq!(
+            s.idempotency_header.as_ref().map(HeaderName::as_str),
+            Some("idempotency-key")
+        );
+        assert!(!s.gzip);
+    }
+
+    #[test]
+    fn mistakes_name_their_key() {
+        let cases: &[(&str, &str)] = &[
+            (r#"url = "ftp://x/""#, "url"),
+            (r#"url = "https://u:p@x/""#, "url"),
+            (r#"url = "not a url""#, "url"),
+            (
+                r#"url = "https://x/"
+                   username = "u""#,
+                "password",
+            ),
+            (
+                r#"url = "https://x/"
+                   password = "p""#,
+                "username",
+            ),
+            (
+                r#"url = "https://x/"
+                   bearer_token = "t"
+                   username = "u"
+                   password = "p""#,
+                "bearer_token",
+            ),
+            (
+                r#"url = "https://x/"
+                   bearer_token = { env = "MISSING" }"#,
+                "bearer_token",
+            ),
+            (
+                r#"url = "https://x/"
+                   headers = { "Content-Type" = "text/plain" }"#,
+                "headers.Content-Type",
+            ),
+            (
+                r#"url = "https://x/"
+                   headers = { "bad header" = "v" }"#,
+                "headers.bad header",
+            ),
+            (
+                r#"url = "https://x/"
+                   client_cert = "Cargo.toml""#,
+                "client_key",
+            ),
+            (
+                r#"url = "https://x/"
+                   ca_file = "no/such/ca.pem""#,
+                "ca_file",
+            ),
+            (
+                r#"url = "http://x/"
+                   insecure_skip_verify = true"#,
+                "url",
+            ),
+            (
+                r#"url = "https://x/"
+                   max_in_flight = 0"#,
+                "max_in_flight",
+            ),
+            (
+                r#"url = "https://x/"
+                   timeout = "0s""#,
+                "timeout",
+            ),
+            (
+                r#"url = "https://x/"
+                   idempotency_header = "a b""#,
+                "idempotency_header",
+            ),
+        ];
+        for (text, key) in cases {
+            assert_eq!(problem_keys(text), vec![key.to_string()], "{text}");
+        }
+    }
+
+    #[test]
+    fn basic_auth_and_no_idempotency_header() {
+        let s = settings(
+            r#"url = "http://127.0.0.1:8080/in"
+               username = "site"
+               password = "pw"
+               idempotency_header = """#,
+        )
+        .expect("valid");
+        assert!(!s.tls());
+        assert_eq!(
+            s.auth,
+            Auth::Basic {
+                username: "site".into(),
+                password: Secret::from("pw")
+            }
+        );
+        assert_eq!(s.idempotency_header, None);
+    }
+}
