@@ -16,6 +16,7 @@ pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod httpd;
 pub mod payload;
 pub mod pipeline;
 pub mod queue;

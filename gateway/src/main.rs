@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use fieldgate::config::{Config, LogFormat, TEMPLATE};
-use fieldgate::queue::{Durability, Inspector};
+use fieldgate::queue::{request_requeue, Durability, Inspector, RequeueSelection};
 use fieldgate::{bench, demo, payload, pipeline};
 use fieldgate_adapter::{Shutdown, ShutdownTrigger};
 
@@ -134,6 +134,36 @@ enum QueueCommand {
         /// Print JSON Lines.
         #[arg(long)]
         json: bool,
+    },
+    /// List readings an uplink rejected for good (the dead-letter table), oldest first.
+    DeadLetters {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only those this uplink rejected.
+        #[arg(long)]
+        uplink: Option<String>,
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON Lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters again, to the uplink that rejected them only. The running gateway
+    /// picks them up within a second (a stopped one when it next starts).
+    Requeue {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Every dead letter (with --uplink: every one of that uplink).
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        /// Only those this uplink rejected (with --all).
+        #[arg(long, requires = "all")]
+        uplink: Option<String>,
+        /// These dead letters, by the id `queue dead-letters` shows (comma-separated or
+        /// repeated).
+        #[arg(long = "id", value_delimiter = ',')]
+        ids: Vec<u64>,
     },
 }
 
@@ -302,15 +332,33 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
 
 fn queue_command(cmd: QueueCommand, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
     let (arg, json) = match &cmd {
-        QueueCommand::Stats { config, json } | QueueCommand::Peek { config, json, .. } => {
-            (config, *json)
-        }
+        QueueCommand::Stats { config, json }
+        | QueueCommand::Peek { config, json, .. }
+        | QueueCommand::DeadLetters { config, json, .. } => (config, *json),
+        QueueCommand::Requeue { config, .. } => (config, false),
     };
     let config = match load(&arg.config, env) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
     let path = config.queue_path();
+    if let QueueCommand::Requeue {
+        all, uplink, ids, ..
+    } = cmd
+    {
+        let which = match (all, ids.is_empty()) {
+            (true, _) => RequeueSelection::All(uplink),
+            (false, false) => RequeueSelection::Ids(ids),
+            (false, true) => anyhow::bail!(
+                "say which dead letters: --all (optionally with --uplink ID) or --id N[,N...] (see `fieldgate queue dead-letters`)"
+            ),
+        };
+        let n = request_requeue(&path, &which)?;
+        println!(
+            "{n} dead letters marked for requeue; the gateway moves them back into the queue within a second while it runs (or when it next starts)"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut ins = Inspector::open(&path)?;
     let stats = ins.stats()?;
     match cmd {
@@ -381,6 +429,49 @@ fn queue_command(cmd: QueueCommand, env: &[(String, String)]) -> anyhow::Result<
             let text = payload::render_lines(format, origin, &ins.peek(after, limit)?);
             std::io::Write::write_all(&mut std::io::stdout().lock(), &text)?;
         }
+        QueueCommand::DeadLetters { uplink, limit, .. } => {
+            let origin = payload::Origin {
+                gateway: &config.gateway.id,
+                queue_id: &stats.queue_id,
+            };
+            let letters = ins.dead_letters(uplink.as_deref(), limit)?;
+            let mut out = Vec::new();
+            for d in &letters {
+                if json {
+                    let mut reading = Vec::new();
+                    payload::write_json(&mut reading, origin, &d.queued);
+                    let line = serde_json::json!({
+                        "id": d.id,
+                        "uplink": d.uplink,
+                        "failed": payload::rfc3339(d.failed),
+                        "error": d.error,
+                        "requeue_asked": d.requeue_asked,
+                        "reading": serde_json::from_slice::<serde_json::Value>(&reading)?,
+                    });
+                    serde_json::to_writer(&mut out, &line)?;
+                } else {
+                    use std::io::Write as _;
+                    write!(
+                        out,
+                        "dead letter {} (uplink {}, {}): ",
+                        d.id,
+                        d.uplink,
+                        payload::rfc3339(d.failed)
+                    )?;
+                    payload::write_text(&mut out, &d.queued);
+                    write!(out, "\n    rejected: {}", d.error)?;
+                    if d.requeue_asked {
+                        write!(out, " [requeue asked]")?;
+                    }
+                }
+                out.push(b'\n');
+            }
+            if !json && letters.is_empty() {
+                out.extend_from_slice(b"no dead letters\n");
+            }
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &out)?;
+        }
+        QueueCommand::Requeue { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -606,7 +606,8 @@ async fn wait_or_abort(d: Duration, abort: &mut Shutdown) -> bool {
     }
 }
 
-/// Drops readings older than `queue.max_age`, every second.
+/// Every second: drops readings older than `queue.max_age`, and moves the dead letters
+/// `fieldgate queue requeue` asked for back into the queue.
 async fn expire_loop(queue: QueueHandle, mut shutdown: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -616,6 +617,9 @@ async fn expire_loop(queue: QueueHandle, mut shutdown: Shutdown) {
             _ = tick.tick() => {
                 if let Err(e) = queue.expire().await {
                     tracing::error!(error = %e, "cannot drop expired readings");
+                }
+                if let Err(e) = queue.requeue_requested().await {
+                    tracing::error!(error = %e, "cannot requeue dead letters");
                 }
             }
         }

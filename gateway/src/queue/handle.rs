@@ -134,6 +134,31 @@ impl QueueHandle {
             .await
     }
 
+    /// Dead-letters readings with a reason each, in one transaction.
+    pub async fn dead_letter_each(
+        &self,
+        uplink: &str,
+        items: Vec<(u64, String)>,
+    ) -> Result<(), QueueError> {
+        let uplink = uplink.to_string();
+        self.with(move |q| {
+            let each: Vec<(u64, &str)> = items.iter().map(|(s, e)| (*s, e.as_str())).collect();
+            q.dead_letter_each(&uplink, &each)
+        })
+        .await
+    }
+
+    /// Moves requeue-requested dead letters back into the queue and wakes the forwarders.
+    pub async fn requeue_requested(&self) -> Result<u64, QueueError> {
+        let (n, last) = self
+            .with(|q| Ok((q.requeue_requested()?, q.next_seq() - 1)))
+            .await?;
+        if n > 0 {
+            self.committed.send_replace(last);
+        }
+        Ok(n)
+    }
+
     /// Appends a batch with the clock state of the commit (see [`Queue::append_stamped`]).
     pub async fn append_stamped(
         &self,

@@ -262,6 +262,16 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     error TEXT NOT NULL,
     failed_ms INTEGER NOT NULL
 );
+-- Dead letters `fieldgate queue requeue` asked for; the gateway moves them back.
+CREATE TABLE IF NOT EXISTS requeue_requests (
+    dead_letter INTEGER PRIMARY KEY
+);
+-- Readings meant for one uplink only (requeued dead letters).
+CREATE TABLE IF NOT EXISTS targets (
+    first_seq INTEGER PRIMARY KEY,
+    last_seq INTEGER NOT NULL,
+    uplink TEXT NOT NULL
+);
 ";
 
 // `kind` column: value type in the low 3 bits, quality above them.
@@ -596,6 +606,8 @@ impl Queue {
         .execute([(through + 1) as i64])?;
         tx.prepare_cached("DELETE FROM unsynced WHERE last_seq <= ?1")?
             .execute([through as i64])?;
+        tx.prepare_cached("DELETE FROM targets WHERE last_seq <= ?1")?
+            .execute([through as i64])?;
         Ok(n as u64)
     }
 
@@ -729,6 +741,17 @@ impl Queue {
         seqs: &[u64],
         error: &str,
     ) -> Result<(), QueueError> {
+        let each: Vec<(u64, &str)> = seqs.iter().map(|&s| (s, error)).collect();
+        self.dead_letter_each(uplink, &each)
+    }
+
+    /// [`Queue::dead_letter`] with a reason per reading, all in one transaction (a failure
+    /// halfway stores none of them, so a retry cannot store some twice).
+    pub fn dead_letter_each(
+        &mut self,
+        uplink: &str,
+        items: &[(u64, &str)],
+    ) -> Result<(), QueueError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -739,7 +762,7 @@ impl Queue {
                 "INSERT INTO dead_letters (uplink, seq, series, ts, kind, value, reason, error, failed_ms)
                  SELECT ?1, seq, series, ts, kind, value, reason, ?2, ?3 FROM readings WHERE seq = ?4",
             )?;
-            for seq in seqs {
+            for (seq, error) in items {
                 n += copy.execute(params![uplink, error, now, *seq as i64])?;
             }
         }
@@ -762,6 +785,106 @@ impl Queue {
             );
         }
         Ok(())
+    }
+
+    /// Moves the dead letters `fieldgate queue requeue` asked for back into the queue, as new
+    /// readings (new sequence ids, their original timestamps) meant only for the uplink that
+    /// rejected them. Dead letters of uplinks no longer configured stay where they are.
+    /// Returns how many were requeued; cheap when nothing was asked.
+    pub fn requeue_requested(&mut self) -> Result<u64, QueueError> {
+        let asked: bool = self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM requeue_requests)")?
+            .query_row([], |r| r.get(0))?;
+        if !asked {
+            return Ok(0);
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let rows: Vec<(
+            i64,
+            String,
+            i64,
+            i64,
+            i64,
+            rusqlite::types::Value,
+            Option<String>,
+        )> = tx
+            .prepare(
+                "SELECT d.id, d.uplink, d.series, d.ts, d.kind, d.value, d.reason
+                 FROM dead_letters d JOIN requeue_requests r ON r.dead_letter = d.id
+                 ORDER BY d.uplink, d.id",
+            )?
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut seq = self.next_seq;
+        let mut moved = 0u64;
+        let mut orphaned = 0u64;
+        let mut group: Option<(String, u64)> = None;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO readings (seq, series, ts, kind, value, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            let mut target = tx.prepare_cached(
+                "INSERT INTO targets (first_seq, last_seq, uplink) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut remove = tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?;
+            for (id, uplink, series, ts, kind, value, reason) in rows {
+                if !self.watermarks.contains_key(&uplink) {
+                    orphaned += 1;
+                    continue;
+                }
+                insert.execute(params![seq as i64, series, ts, kind, value, reason])?;
+                remove.execute([id])?;
+                match &group {
+                    Some((u, _)) if *u == uplink => {}
+                    _ => {
+                        if let Some((u, first)) = group.take() {
+                            target.execute(params![first as i64, (seq - 1) as i64, u])?;
+                        }
+                        group = Some((uplink, seq));
+                    }
+                }
+                seq += 1;
+                moved += 1;
+            }
+            if let Some((u, first)) = group {
+                target.execute(params![first as i64, (seq - 1) as i64, u])?;
+            }
+        }
+        tx.execute("DELETE FROM requeue_requests", [])?;
+        if moved > 0 {
+            tx.prepare_cached("INSERT INTO segments (first_seq, enq_ms) VALUES (?1, ?2)")?
+                .execute(params![self.next_seq as i64, millis(SystemTime::now())])?;
+            tx.prepare_cached("UPDATE state SET next_seq = ?1 WHERE id = 1")?
+                .execute([seq as i64])?;
+        }
+        tx.commit()?;
+        self.next_seq = seq;
+        if orphaned > 0 {
+            tracing::warn!(
+                dead_letters = orphaned,
+                "cannot requeue dead letters of uplinks no longer configured; they stay in the dead-letter table"
+            );
+        }
+        if moved > 0 {
+            tracing::info!(
+                readings = moved,
+                "dead letters requeued for the uplinks that rejected them"
+            );
+        }
+        Ok(moved)
     }
 
     /// Counters and gauges.
@@ -816,6 +939,113 @@ impl Inspector {
     pub fn peek(&mut self, after: u64, limit: usize) -> Result<Vec<Queued>, QueueError> {
         peek(&self.conn, &mut self.series, after, limit)
     }
+
+    /// Up to `limit` dead letters, oldest first, of `uplink` (or every uplink).
+    pub fn dead_letters(
+        &mut self,
+        uplink: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, QueueError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT d.id, d.uplink, d.seq, d.series, d.ts, d.kind, d.value, d.reason, d.error, d.failed_ms,
+                    EXISTS (SELECT 1 FROM requeue_requests r WHERE r.dead_letter = d.id)
+             FROM dead_letters d WHERE ?1 IS NULL OR d.uplink = ?1 ORDER BY d.id LIMIT ?2",
+        )?;
+        let mut rows = stmt.query(params![uplink, limit as i64])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let key = self.series.key_for(&self.conn, row.get(3)?)?;
+            let kind: i64 = row.get(5)?;
+            out.push(DeadLetter {
+                id: row.get::<_, i64>(0)? as u64,
+                uplink: row.get(1)?,
+                queued: Queued {
+                    seq: row.get::<_, i64>(2)? as u64,
+                    unsynced: false,
+                    only_for: None,
+                    reading: Reading {
+                        source: key.source,
+                        device: key.device,
+                        point: key.point,
+                        ts: from_micros(row.get(4)?),
+                        value: decode_value(kind & 0b111, row.get_ref(6)?),
+                        unit: key.unit,
+                        quality: decode_quality(kind, row.get(7)?),
+                    },
+                },
+                error: row.get(8)?,
+                failed: from_micros(row.get::<_, i64>(9)? * 1000),
+                requeue_asked: row.get(10)?,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// A reading an uplink rejected for good, kept in the dead-letter table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Its id in the dead-letter table (what `fieldgate queue requeue --id` takes).
+    pub id: u64,
+    /// The uplink that rejected it.
+    pub uplink: String,
+    /// The reading, with the sequence id it had when it was rejected.
+    pub queued: Queued,
+    /// Why it was rejected (the far side's answer).
+    pub error: String,
+    /// When.
+    pub failed: SystemTime,
+    /// `fieldgate queue requeue` asked for it; the gateway has not moved it back yet.
+    pub requeue_asked: bool,
+}
+
+/// Which dead letters to requeue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequeueSelection {
+    /// Every dead letter (of one uplink, if given).
+    All(Option<String>),
+    /// These ids.
+    Ids(Vec<u64>),
+}
+
+/// Asks for dead letters to be sent again: they are marked in the queue database, and the
+/// gateway moves them back into the queue (within a second while it runs, or when it next
+/// starts), for the uplink that rejected them only. Safe beside a running gateway (a short
+/// write transaction; SQLite serializes it with the gateway's). Returns how many were marked.
+pub fn request_requeue(path: &Path, which: &RequeueSelection) -> Result<u64, QueueError> {
+    if !path.exists() {
+        return Err(QueueError::Incompatible(format!(
+            "no queue at {} (has the gateway run with this config?)",
+            path.display()
+        )));
+    }
+    let mut conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // A database from before requeue existed: its gateway adds this table at start anyway.
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS requeue_requests (dead_letter INTEGER PRIMARY KEY)",
+        [],
+    )?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let n = match which {
+        RequeueSelection::All(uplink) => tx.execute(
+            "INSERT OR IGNORE INTO requeue_requests (dead_letter)
+             SELECT id FROM dead_letters WHERE ?1 IS NULL OR uplink = ?1",
+            [uplink],
+        )?,
+        RequeueSelection::Ids(ids) => {
+            let mut n = 0;
+            let mut mark = tx.prepare(
+                "INSERT OR IGNORE INTO requeue_requests (dead_letter) SELECT id FROM dead_letters WHERE id = ?1",
+            )?;
+            for id in ids {
+                n += mark.execute([*id as i64])?;
+            }
+            n
+        }
+    };
+    tx.commit()?;
+    Ok(n as u64)
 }
 
 fn peek(
@@ -844,12 +1074,7 @@ fn peek(
         let ts = from_micros(row.get(2)?);
         let kind: i64 = row.get(3)?;
         let value = decode_value(kind & 0b111, row.get_ref(4)?);
-        let reason: Option<String> = row.get(5)?;
-        let quality = match kind >> Q_SHIFT {
-            Q_BAD => Quality::Bad(reason.unwrap_or_default()),
-            Q_STALE => Quality::Stale(reason.unwrap_or_default()),
-            _ => Quality::Good,
-        };
+        let quality = decode_quality(kind, row.get(5)?);
         out.push(Queued {
             seq: seq as u64,
             unsynced: false,
@@ -866,6 +1091,24 @@ fn peek(
         });
     }
     if let (Some(first), Some(last)) = (out.first().map(|q| q.seq), out.last().map(|q| q.seq)) {
+        // Readings meant for one uplink only.
+        let mut targeted = conn.prepare_cached(
+            "SELECT first_seq, last_seq, uplink FROM targets WHERE last_seq >= ?1 AND first_seq <= ?2",
+        )?;
+        let ranges: Vec<(u64, u64, String)> = targeted
+            .query_map(params![first as i64, last as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get(2)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        for (a, b, uplink) in &ranges {
+            for q in out.iter_mut().filter(|q| (*a..=*b).contains(&q.seq)) {
+                q.only_for = Some(uplink.clone());
+            }
+        }
         // Readings whose clock could not be trusted: flagged, and never before the build date.
         let mut flagged = conn.prepare_cached(
             "SELECT first_seq, last_seq FROM unsynced WHERE last_seq >= ?1 AND first_seq <= ?2",
@@ -1019,6 +1262,14 @@ fn encode_value(v: &Value) -> (i64, ToSqlOutput<'_>) {
         Value::F64(f) => (K_FLOAT, ToSqlOutput::Borrowed(ValueRef::Real(*f))),
         Value::Text(s) => (K_TEXT, ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))),
         Value::Bytes(b) => (K_BYTES, ToSqlOutput::Borrowed(ValueRef::Blob(b))),
+    }
+}
+
+fn decode_quality(kind: i64, reason: Option<String>) -> Quality {
+    match kind >> Q_SHIFT {
+        Q_BAD => Quality::Bad(reason.unwrap_or_default()),
+        Q_STALE => Quality::Stale(reason.unwrap_or_default()),
+        _ => Quality::Good,
     }
 }
 

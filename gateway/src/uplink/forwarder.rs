@@ -477,14 +477,14 @@ pub async fn forwarder(
     tracing::info!(uplink = %f.opts.id, through_seq = f.cursor, "forwarder stopped");
 }
 
-/// Dead-letters the readings an uplink refused one by one; false if that failed.
+/// Dead-letters the readings an uplink refused (one transaction); false if that failed.
 async fn dead_letter_some(queue: &QueueHandle, id: &str, rejected: &[(u64, String)]) -> bool {
+    if let Err(e) = queue.dead_letter_each(id, rejected.to_vec()).await {
+        tracing::error!(uplink = %id, error = %e, "could not store dead letters; will retry the batch");
+        return false;
+    }
     for (seq, why) in rejected {
         tracing::error!(uplink = %id, seq, error = %why, "uplink refused a reading; moved to dead letters");
-        if let Err(e) = queue.dead_letter(id, vec![*seq], why.clone()).await {
-            tracing::error!(uplink = %id, error = %e, "could not store a dead letter; will retry the batch");
-            return false;
-        }
     }
     true
 }
