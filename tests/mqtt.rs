@@ -3,37 +3,16 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::mqtt::{pki, Mosquitto, Subscriber};
-use common::{fieldgate, mqtt_site, queue_stats, signal, wait_for};
+use common::{mqtt_site, queue_stats, start, stop, wait_for};
 
 /// `n` readings per point from `points` counter points at 1 ms.
 fn counters(points: usize, n: u64) -> String {
     (0..points)
         .map(|i| format!("[[adapters.devices.points]]\nname = \"p{i}\"\nwaveform = \"counter\"\ninterval = \"1ms\"\ncount = {n}\n"))
         .collect()
-}
-
-fn start(cfg: &std::path::Path) -> Child {
-    fieldgate()
-        .args(["run", "-c", cfg.to_str().expect("utf-8")])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("gateway starts")
-}
-
-fn stop(mut child: Child) -> String {
-    signal(child.id(), "TERM");
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut err);
-    }
-    let status = child.wait().expect("exits");
-    assert!(status.success(), "gateway exit {status}; logs:\n{err}");
-    err
 }
 
 /// Waits until the subscriber has seen every sequence id from 1 to `n`.
@@ -240,11 +219,10 @@ fn a_gateway_killed_mid_stream_delivers_everything_it_committed_after_restart() 
         &counters(20, 2000),
         &format!("url = \"{}\"", broker.url()),
     );
-    let mut gw = start(&cfg);
+    let gw = start(&cfg);
     wait_for("part of the stream", 60, || sub.seqs().len() >= 5_000);
-    gw.kill().expect("SIGKILL");
-    let _ = gw.wait();
-    // Restarted, it sends what the queue holds (and the simulator starts over).
+    drop(gw); // SIGKILL
+              // Restarted, it sends what the queue holds (and the simulator starts over).
     let gw = start(&cfg);
     wait_for("the queue to drain", 60, || {
         let s = queue_stats(&cfg);

@@ -209,12 +209,7 @@ pub async fn start_with(
             fwd_shutdown.clone(),
         )));
     }
-    if config.queue.max_age.is_some() {
-        forwarders.push(tokio::spawn(expire_loop(
-            queue.clone(),
-            fwd_shutdown.clone(),
-        )));
-    }
+    forwarders.push(tokio::spawn(upkeep(queue.clone(), fwd_shutdown.clone())));
     forwarders.push(tokio::spawn(crate::clock::monitor(
         Arc::clone(&opts.clock),
         queue.clone(),
@@ -608,7 +603,7 @@ async fn wait_or_abort(d: Duration, abort: &mut Shutdown) -> bool {
 
 /// Every second: drops readings older than `queue.max_age`, and moves the dead letters
 /// `fieldgate queue requeue` asked for back into the queue.
-async fn expire_loop(queue: QueueHandle, mut shutdown: Shutdown) {
+async fn upkeep(queue: QueueHandle, mut shutdown: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -81,6 +81,50 @@ pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A gateway started by a test; SIGKILLed when dropped (a test that fails before [`stop`]
+/// leaves no process behind).
+pub struct Gateway(Option<std::process::Child>);
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `fieldgate run -c cfg` with extra environment, its log on a pipe for [`stop`].
+pub fn start_with_env(cfg: &Path, env: &[(&str, &str)]) -> Gateway {
+    Gateway(Some(
+        fieldgate()
+            .args(["run", "-c", cfg.to_str().expect("utf-8")])
+            .envs(env.iter().copied())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("gateway starts"),
+    ))
+}
+
+/// Starts `fieldgate run -c cfg`, its log on a pipe for [`stop`].
+pub fn start(cfg: &Path) -> Gateway {
+    start_with_env(cfg, &[])
+}
+
+/// Stops a gateway from [`start`] with SIGTERM, checks it exited cleanly, and returns its log.
+pub fn stop(mut gw: Gateway) -> String {
+    let mut child = gw.0.take().expect("running");
+    signal(child.id(), "TERM");
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    let status = child.wait().expect("exits");
+    assert!(status.success(), "gateway exit {status}; logs:\n{err}");
+    err
+}
+
 /// Sends `signal` (like "TERM" or "KILL") to `pid` with kill(1).
 pub fn signal(pid: u32, signal: &str) {
     let status = Command::new("kill")
@@ -121,6 +165,18 @@ retry_max = "2s"
         dir = dir.display()
     );
     write(dir, "site.toml", &text)
+}
+
+/// `fieldgate queue stats --json` for a config, or null if there is no queue yet.
+pub fn try_queue_stats(cfg: &Path) -> serde_json::Value {
+    let out = run(&[
+        "queue",
+        "stats",
+        "-c",
+        cfg.to_str().expect("utf-8"),
+        "--json",
+    ]);
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
 /// `fieldgate queue stats --json` for a config.

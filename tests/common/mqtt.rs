@@ -3,7 +3,6 @@
 //! broker delivers.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -119,53 +118,13 @@ impl Drop for Mosquitto {
     }
 }
 
-/// PEM files of a test PKI.
-pub struct Pki {
-    /// The CA certificate.
-    pub ca: PathBuf,
-    /// Server certificate for localhost / 127.0.0.1.
-    pub server_cert: PathBuf,
-    /// Its key.
-    pub server_key: PathBuf,
-    /// A client certificate signed by the CA.
-    pub client_cert: PathBuf,
-    /// Its key.
-    pub client_key: PathBuf,
-}
-
-/// Makes a CA, a server and a client certificate under `dir/name-*.pem`.
-pub fn pki(dir: &Path, name: &str) -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, format!("{name} test CA"));
-    let ca =
-        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
-    let leaf = |sans: Vec<String>, cn: &str| {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(sans).expect("params");
-        params.distinguished_name.push(DnType::CommonName, cn);
-        let cert = params.signed_by(&key, &ca).expect("signed");
-        (cert.pem(), key.serialize_pem())
-    };
-    let (server_cert, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()], "localhost");
-    let (client_cert, client_key) = leaf(vec![], "fieldgate-test-client");
-    let write = |suffix: &str, text: &str| {
-        let p = dir.join(format!("{name}-{suffix}.pem"));
-        std::fs::File::create(&p)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .expect("write pem");
-        p
-    };
-    Pki {
-        ca: write("ca", &ca.pem()),
-        server_cert: write("server", &server_cert),
-        server_key: write("server-key", &server_key),
-        client_cert: write("client", &client_cert),
-        client_key: write("client-key", &client_key),
-    }
+/// PEM files of a test PKI (a CA, a server certificate for localhost and a client
+/// certificate) under `dir/name-*.pem`.
+pub fn pki(dir: &Path, name: &str) -> fieldgate::httpd::pki::PkiFiles {
+    fieldgate::httpd::pki::Pki::generate(name)
+        .expect("test PKI")
+        .write(dir, name)
+        .expect("write PEM files")
 }
 
 /// Messages as (topic, payload), shared with the subscriber's thread.

@@ -802,31 +802,12 @@ impl Queue {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let rows: Vec<(
-            i64,
-            String,
-            i64,
-            i64,
-            i64,
-            rusqlite::types::Value,
-            Option<String>,
-        )> = tx
+        let rows: Vec<(i64, String)> = tx
             .prepare(
-                "SELECT d.id, d.uplink, d.series, d.ts, d.kind, d.value, d.reason
-                 FROM dead_letters d JOIN requeue_requests r ON r.dead_letter = d.id
+                "SELECT d.id, d.uplink FROM dead_letters d JOIN requeue_requests r ON r.dead_letter = d.id
                  ORDER BY d.uplink, d.id",
             )?
-            .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
-            })?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         let mut seq = self.next_seq;
         let mut moved = 0u64;
@@ -834,18 +815,19 @@ impl Queue {
         let mut group: Option<(String, u64)> = None;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO readings (seq, series, ts, kind, value, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO readings (seq, series, ts, kind, value, reason)
+                 SELECT ?1, series, ts, kind, value, reason FROM dead_letters WHERE id = ?2",
             )?;
             let mut target = tx.prepare_cached(
                 "INSERT INTO targets (first_seq, last_seq, uplink) VALUES (?1, ?2, ?3)",
             )?;
             let mut remove = tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?;
-            for (id, uplink, series, ts, kind, value, reason) in rows {
+            for (id, uplink) in rows {
                 if !self.watermarks.contains_key(&uplink) {
                     orphaned += 1;
                     continue;
                 }
-                insert.execute(params![seq as i64, series, ts, kind, value, reason])?;
+                insert.execute(params![seq as i64, id])?;
                 remove.execute([id])?;
                 match &group {
                     Some((u, _)) if *u == uplink => {}

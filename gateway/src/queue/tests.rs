@@ -291,6 +291,73 @@ fn dead_letters_are_kept_and_counted() {
 }
 
 #[test]
+fn requeued_dead_letters_go_to_the_rejecting_uplink_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut q = open(dir.path(), QueueOptions::default(), &["https", "mqtt"]);
+    let input = [
+        reading("a", Value::I64(1)),
+        reading("b", Value::F64(2.5)).with_unit("bar"),
+        reading("c", Value::Text("x".into())).with_quality(Quality::Bad("exception 2".into())),
+    ];
+    q.append(&input).expect("append");
+    q.dead_letter_each("https", &[(2, "HTTP 400: b"), (3, "HTTP 400: c")])
+        .expect("dead letters");
+    q.ack("https", 3, 1).expect("ack https");
+    q.ack("mqtt", 3, 3).expect("ack mqtt");
+    assert_eq!(q.stats().expect("stats").depth, 0);
+
+    // Listed by a reader beside the gateway, with the reading as it was.
+    let path = dir.path().join("q.db");
+    let mut ins = Inspector::open(&path).expect("inspector");
+    let letters = ins.dead_letters(Some("https"), 10).expect("list");
+    assert_eq!(letters.len(), 2);
+    assert_eq!(letters[0].queued.seq, 2);
+    assert_eq!(letters[0].queued.reading, input[1]);
+    assert_eq!(letters[1].queued.reading, input[2]);
+    assert_eq!(letters[1].error, "HTTP 400: c");
+    assert!(!letters[0].requeue_asked);
+    assert!(ins.dead_letters(Some("mqtt"), 10).expect("list").is_empty());
+
+    // Nothing happens until asked; asking marks, the gateway moves.
+    assert_eq!(q.requeue_requested().expect("noop"), 0);
+    let n = request_requeue(&path, &RequeueSelection::Ids(vec![letters[1].id, 999])).expect("mark");
+    assert_eq!(n, 1, "unknown ids are ignored");
+    assert!(ins.dead_letters(None, 10).expect("list")[1].requeue_asked);
+    assert_eq!(q.requeue_requested().expect("move"), 1);
+    assert_eq!(q.requeue_requested().expect("done"), 0);
+
+    let back = q.peek(3, 10).expect("peek");
+    assert_eq!(seqs(&back), [4], "a new sequence id");
+    assert_eq!(
+        back[0].reading, input[2],
+        "the same reading, timestamp and quality"
+    );
+    assert_eq!(back[0].only_for.as_deref(), Some("https"));
+    let left = ins.dead_letters(None, 10).expect("list");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].queued.seq, 2);
+
+    // Only the rejecting uplink must deliver it; the row goes once both moved past it.
+    q.ack("mqtt", 4, 0).expect("mqtt skips it");
+    assert_eq!(q.stats().expect("stats").depth, 1);
+    q.ack("https", 4, 1).expect("https delivers it");
+    assert_eq!(q.stats().expect("stats").depth, 0);
+    let targets: i64 = q
+        .conn
+        .query_row("SELECT count(*) FROM targets", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(targets, 0, "the target range went with its rows");
+
+    // --all for one uplink; an uplink no longer configured keeps its dead letters.
+    q.dead_letter("mqtt", &[], "none").expect("no-op");
+    drop(q);
+    let mut q = open(dir.path(), QueueOptions::default(), &["mqtt"]);
+    request_requeue(&path, &RequeueSelection::All(None)).expect("mark all");
+    assert_eq!(q.requeue_requested().expect("orphans"), 0);
+    assert_eq!(ins.dead_letters(None, 10).expect("list").len(), 1);
+}
+
+#[test]
 fn inspector_reads_beside_a_writer() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut q = open(dir.path(), QueueOptions::default(), &["up"]);
