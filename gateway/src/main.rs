@@ -71,8 +71,12 @@ enum Command {
         skip_pipeline: bool,
         /// Measure the MQTT uplink against this broker instead (e.g. a local Mosquitto at
         /// mqtt://127.0.0.1:1883), beside a bare rumqttc publisher.
-        #[arg(long, conflicts_with = "modbus")]
+        #[arg(long, conflicts_with_all = ["modbus", "https"])]
         mqtt: Option<String>,
+        /// Measure the HTTPS uplink instead, against an HTTPS ingest server started in this
+        /// process, beside a bare reqwest client posting the same bodies.
+        #[arg(long, conflicts_with = "modbus")]
+        https: bool,
         /// Measure the Modbus adapter instead: scans of --points holding registers on a
         /// loopback Modbus TCP server (requests per scan, coalesced and not), then points/s
         /// into the queue.
@@ -280,6 +284,7 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
             batch,
             skip_pipeline,
             mqtt,
+            https,
             modbus,
             points,
         } => {
@@ -315,6 +320,9 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
             let report = match mqtt {
                 Some(url) => {
                     rt.block_on(bench::run_mqtt(&url, &opts.dir, opts.readings, opts.batch))?
+                }
+                None if https => {
+                    rt.block_on(bench::run_https(&opts.dir, opts.readings, opts.batch))?
                 }
                 None if modbus => rt.block_on(bench::run_modbus(
                     &opts.dir,

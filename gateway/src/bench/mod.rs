@@ -22,10 +22,12 @@ use rusqlite::{params, Connection};
 use crate::config::Config;
 use crate::pipeline::{self, AdapterFactory, Parts, PipelineOptions};
 use crate::queue::{Durability, Queue, QueueError, QueueOptions};
-use crate::uplink::{FileUplink, Filter, ForwarderOptions};
+use crate::uplink::{FileUplink, Filter, ForwarderOptions, Uplink};
 
+mod https;
 mod modbus;
 mod mqtt;
+pub use https::run as run_https;
 pub use modbus::run as run_modbus;
 pub use mqtt::run as run_mqtt;
 
@@ -549,4 +551,77 @@ mod tests {
         );
         assert!(report.phases[2].readings >= 5000, "{:?}", report.phases[2]);
     }
+}
+
+/// A pipeline with one uplink (`make_uplink`, id "up") delivering `n` readings: a backlog
+/// queued first, outside the measurement, or (`live`) the simulator at full rate.
+async fn drain_phase(
+    dir: &Path,
+    db: &str,
+    n: u64,
+    batch: usize,
+    live: bool,
+    make_uplink: impl FnOnce() -> Box<dyn Uplink>,
+) -> Result<Phase, QueueError> {
+    let qpath = fresh_db(dir, db);
+    if !live {
+        let path = qpath.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), QueueError> {
+            let mut q = Queue::open(&path, QueueOptions::default(), &["up"])?;
+            let readings = sample_batch(batch);
+            let mut left = n;
+            while left > 0 {
+                let k = usize::try_from(left.min(batch as u64)).unwrap_or(batch);
+                q.append(&readings[..k])?;
+                left -= k as u64;
+            }
+            q.close()
+        })
+        .await
+        .map_err(|e| QueueError::Incompatible(e.to_string()))??;
+    }
+    let config = bench_config(dir, &qpath, Durability::Crash, batch)?;
+    let adapters: Vec<(String, AdapterFactory)> = if live {
+        let factory: AdapterFactory = Box::new(move || {
+            Ok(Box::new(fieldgate_simulator::Simulator::full_rate(
+                "device-1",
+                "value",
+                Some(n),
+            )) as Box<dyn Adapter>)
+        });
+        vec![("bench".into(), factory)]
+    } else {
+        Vec::new()
+    };
+    let parts = Parts {
+        adapters,
+        uplinks: vec![(
+            ForwarderOptions {
+                id: "up".into(),
+                filter: Filter::default(),
+                batch_size: batch,
+                retry_min: Duration::from_millis(100),
+                retry_max: Duration::from_secs(1),
+                drain: crate::uplink::Drain::Fifo,
+            },
+            make_uplink(),
+        )],
+    };
+    let probe = Probe::now();
+    let running = pipeline::start_with(&config, parts, PipelineOptions::default())
+        .await
+        .map_err(|e| QueueError::Incompatible(e.to_string()))?;
+    loop {
+        let st = running.queue().stats().await?;
+        if st.uplinks.first().map_or(0, |u| u.delivered) >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let phase = probe.phase(String::new(), n);
+    running
+        .stop()
+        .await
+        .map_err(|e| QueueError::Incompatible(e.to_string()))?;
+    Ok(phase)
 }

@@ -11,14 +11,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use fieldgate_adapter::Adapter;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-use super::{bench_config, bench_dir, fresh_db, sample_batch, BenchReport, Phase, Probe};
-use crate::pipeline::{self, AdapterFactory, Parts, PipelineOptions};
-use crate::queue::{Durability, Queue, QueueError, QueueOptions, Queued};
+use super::{bench_dir, drain_phase, sample_batch, BenchReport, Phase, Probe};
+use crate::queue::{QueueError, Queued};
 use crate::uplink::mqtt::{build_messages, MqttSettings, MqttUplink, MqttUplinkConfig};
-use crate::uplink::{Filter, ForwarderOptions};
 
 fn err(e: impl std::fmt::Display) -> QueueError {
     QueueError::Incompatible(e.to_string())
@@ -48,11 +45,17 @@ pub async fn run(url: &str, dir: &Path, n: u64, batch: usize) -> Result<BenchRep
     });
     report.phases.push(Phase {
         name: format!("mqtt: drain a queued backlog of {n}"),
-        ..drain(&s, &dir, n, batch, false).await?
+        ..drain_phase(&dir, "bench-mqtt.db", n, batch, false, || {
+            Box::new(MqttUplink::start(s.clone(), "bench".into()))
+        })
+        .await?
     });
     report.phases.push(Phase {
         name: "mqtt: live sim→queue→mqtt".into(),
-        ..drain(&s, &dir, n, batch, true).await?
+        ..drain_phase(&dir, "bench-mqtt.db", n, batch, true, || {
+            Box::new(MqttUplink::start(s.clone(), "bench".into()))
+        })
+        .await?
     });
     report.set_peak_rss();
     Ok(report)
@@ -143,73 +146,5 @@ async fn bare_publisher(
     }
     let phase = probe.phase(String::new(), rounds * batch as u64);
     let _ = publisher.await;
-    Ok(phase)
-}
-
-async fn drain(
-    s: &MqttSettings,
-    dir: &Path,
-    n: u64,
-    batch: usize,
-    live: bool,
-) -> Result<Phase, QueueError> {
-    let qpath = fresh_db(dir, "bench-mqtt.db");
-    if !live {
-        let path = qpath.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), QueueError> {
-            let mut q = Queue::open(&path, QueueOptions::default(), &["mqtt"])?;
-            let readings = sample_batch(batch);
-            let mut left = n;
-            while left > 0 {
-                let k = usize::try_from(left.min(batch as u64)).unwrap_or(batch);
-                q.append(&readings[..k])?;
-                left -= k as u64;
-            }
-            q.close()
-        })
-        .await
-        .map_err(err)??;
-    }
-    let config = bench_config(dir, &qpath, Durability::Crash, batch)?;
-    let adapters: Vec<(String, AdapterFactory)> = if live {
-        let factory: AdapterFactory = Box::new(move || {
-            Ok(Box::new(fieldgate_simulator::Simulator::full_rate(
-                "device-1",
-                "value",
-                Some(n),
-            )) as Box<dyn Adapter>)
-        });
-        vec![("bench".into(), factory)]
-    } else {
-        Vec::new()
-    };
-    let uplink = MqttUplink::start(s.clone(), "bench".into());
-    let parts = Parts {
-        adapters,
-        uplinks: vec![(
-            ForwarderOptions {
-                id: "mqtt".into(),
-                filter: Filter::default(),
-                batch_size: batch,
-                retry_min: Duration::from_millis(100),
-                retry_max: Duration::from_secs(1),
-                drain: crate::uplink::Drain::Fifo,
-            },
-            Box::new(uplink),
-        )],
-    };
-    let probe = Probe::now();
-    let running = pipeline::start_with(&config, parts, PipelineOptions::default())
-        .await
-        .map_err(err)?;
-    loop {
-        let st = running.queue().stats().await?;
-        if st.uplinks.first().map_or(0, |u| u.delivered) >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let phase = probe.phase(String::new(), n);
-    running.stop().await.map_err(err)?;
     Ok(phase)
 }

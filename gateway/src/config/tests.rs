@@ -60,6 +60,35 @@ fn template_is_valid() {
     assert_eq!(c.gateway.id, "site-01");
     let kinds: Vec<&str> = c.adapters.iter().map(|a| a.kind.type_name()).collect();
     assert_eq!(kinds, ["simulator", "modbus"]);
+    let uplinks: Vec<&str> = c.uplinks.iter().map(|u| u.kind.type_name()).collect();
+    assert_eq!(uplinks, ["mqtt", "https", "file"]);
+}
+
+#[test]
+fn uplink_filters_take_globs_and_refuse_empty_lists() {
+    let c = Config::from_toml(
+        Path::new("/etc/fieldgate/site.toml"),
+        &MINIMAL.replace(
+            "[[uplinks]]\n",
+            "[[uplinks]]\ndevices = [\"tank-*\"]\npoints = [\"level\", \"*_alarm\"]\n",
+        ),
+        &[],
+    )
+    .expect("valid");
+    let f = &c.uplinks[0].filter;
+    assert_eq!(f.devices, ["tank-*"]);
+    assert_eq!(f.points, ["level", "*_alarm"]);
+    assert!(f.adapters.is_empty());
+    let err = Config::from_toml(
+        Path::new("/etc/fieldgate/site.toml"),
+        &MINIMAL.replace("[[uplinks]]\n", "[[uplinks]]\npoints = []\n"),
+        &[],
+    )
+    .expect_err("an empty list carries nothing");
+    assert!(
+        err.to_string().contains("uplinks[0].points: an empty list"),
+        "{err}"
+    );
 }
 
 #[test]

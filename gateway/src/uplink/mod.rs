@@ -18,7 +18,7 @@ mod filter;
 mod forwarder;
 pub mod https;
 pub mod mqtt;
-mod tls;
+pub(crate) mod tls;
 
 pub use filter::{glob, Filter};
 pub use forwarder::{forwarder, Drain, ForwarderOptions};
