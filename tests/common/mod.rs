@@ -169,25 +169,22 @@ retry_max = "2s"
 
 /// `fieldgate queue stats --json` for a config, or null if there is no queue yet.
 pub fn try_queue_stats(cfg: &Path) -> serde_json::Value {
-    let out = run(&[
+    serde_json::from_slice(&stats_output(cfg).stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn stats_output(cfg: &Path) -> Output {
+    run(&[
         "queue",
         "stats",
         "-c",
         cfg.to_str().expect("utf-8"),
         "--json",
-    ]);
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    ])
 }
 
 /// `fieldgate queue stats --json` for a config.
 pub fn queue_stats(cfg: &Path) -> serde_json::Value {
-    let out = run(&[
-        "queue",
-        "stats",
-        "-c",
-        cfg.to_str().expect("utf-8"),
-        "--json",
-    ]);
+    let out = stats_output(cfg);
     assert!(
         out.status.success(),
         "{}",

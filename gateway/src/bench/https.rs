@@ -15,9 +15,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{bench_dir, drain_phase, sample_batch, BenchReport, Phase, Probe};
+use super::{bench_dir, drain_phase, sample_queued, BenchReport, Phase, Probe};
 use crate::httpd::ingest::{IngestOptions, IngestServer};
-use crate::queue::{QueueError, Queued};
+use crate::queue::QueueError;
 use crate::uplink::https::{body, HttpsSettings, HttpsUplink, HttpsUplinkConfig};
 
 fn err(e: impl std::fmt::Display) -> QueueError {
@@ -89,16 +89,7 @@ pub async fn run(dir: &Path, n: u64, batch: usize) -> Result<BenchReport, QueueE
 /// POSTs one prebuilt body of `batch` readings until `n` readings' worth were answered, with
 /// the uplink's number of requests in flight.
 async fn bare_client(s: &HttpsSettings, n: u64, batch: usize) -> Result<Phase, QueueError> {
-    let items: Vec<Queued> = sample_batch(batch)
-        .into_iter()
-        .zip(1..)
-        .map(|(reading, seq)| Queued {
-            seq,
-            reading,
-            unsynced: false,
-            only_for: None,
-        })
-        .collect();
+    let items = sample_queued(batch);
     let payload = bytes::Bytes::from(body(
         crate::payload::Origin {
             gateway: "bench",

@@ -248,6 +248,20 @@ fn bare_loop(
 }
 
 /// Readings as an adapter makes them: the names are shared, not allocated per reading.
+/// [`sample_batch`] as queued readings with sequence ids from 1, for the uplink benches.
+fn sample_queued(batch: usize) -> Vec<crate::queue::Queued> {
+    sample_batch(batch)
+        .into_iter()
+        .zip(1..)
+        .map(|(reading, seq)| crate::queue::Queued {
+            seq,
+            reading,
+            unsynced: false,
+            only_for: None,
+        })
+        .collect()
+}
+
 fn sample_batch(batch: usize) -> Vec<Reading> {
     let now = SystemTime::now();
     let template = Reading::new("bench", "device-1", "value", now, Value::F64(0.0)).with_unit("kW");
@@ -486,73 +500,6 @@ fn proc_field(file: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_small_bench_measures_every_phase() {
-        // Under target/, not /tmp: a tmpfs would write nothing to a block device.
-        let target = concat!(env!("CARGO_MANIFEST_DIR"), "/../target");
-        std::fs::create_dir_all(target).expect("target dir");
-        let dir = tempfile::tempdir_in(target).expect("tempdir");
-        let opts = BenchOptions {
-            readings: 20_000,
-            durabilities: vec![Durability::Crash],
-            dir: dir.path().to_path_buf(),
-            batch: 1000,
-            skip_pipeline: false,
-        };
-        let report = run(&opts).await.expect("bench runs");
-        let names: Vec<_> = report.phases.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "bare rusqlite loop (crash)",
-                "queue append+peek+ack (crash)",
-                "pipeline sim→queue→file (crash)"
-            ]
-        );
-        // The probes must measure something: the queue phase writes to disk and uses CPU.
-        let queue = &report.phases[1];
-        assert!(
-            queue.write_bytes_per_reading > 1.0,
-            "write_bytes from /proc/self/io: {queue:?}"
-        );
-        assert!(
-            queue.cpu > Duration::ZERO && queue.elapsed > Duration::ZERO,
-            "{queue:?}"
-        );
-        assert!(report.peak_rss > 1_000_000, "VmHWM from /proc/self/status");
-        let table = render(&report);
-        assert!(
-            table.contains("vs bare") && table.contains("peak RSS of the run"),
-            "{table}"
-        );
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_modbus_bench_counts_requests_per_scan() {
-        let target = concat!(env!("CARGO_MANIFEST_DIR"), "/../target");
-        std::fs::create_dir_all(target).expect("target dir");
-        let dir = tempfile::tempdir_in(target).expect("tempdir");
-        let report = run_modbus(dir.path(), 1000, 5000, 1000)
-            .await
-            .expect("bench runs");
-        let names: Vec<_> = report.phases.iter().map(|p| p.name.as_str()).collect();
-        // 1000 contiguous registers: 8 reads of at most 125 coalesced, 1000 without.
-        assert_eq!(
-            names,
-            [
-                "modbus scan, coalesced: 8 requests",
-                "modbus scan, 1 per point: 1000 requests",
-                "modbus: scans of 1000 → queue"
-            ]
-        );
-        assert!(report.phases[2].readings >= 5000, "{:?}", report.phases[2]);
-    }
-}
-
 /// A pipeline with one uplink (`make_uplink`, id "up") delivering `n` readings: a backlog
 /// queued first, outside the measurement, or (`live`) the simulator at full rate.
 async fn drain_phase(
@@ -624,4 +571,71 @@ async fn drain_phase(
         .await
         .map_err(|e| QueueError::Incompatible(e.to_string()))?;
     Ok(phase)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_bench_measures_every_phase() {
+        // Under target/, not /tmp: a tmpfs would write nothing to a block device.
+        let target = concat!(env!("CARGO_MANIFEST_DIR"), "/../target");
+        std::fs::create_dir_all(target).expect("target dir");
+        let dir = tempfile::tempdir_in(target).expect("tempdir");
+        let opts = BenchOptions {
+            readings: 20_000,
+            durabilities: vec![Durability::Crash],
+            dir: dir.path().to_path_buf(),
+            batch: 1000,
+            skip_pipeline: false,
+        };
+        let report = run(&opts).await.expect("bench runs");
+        let names: Vec<_> = report.phases.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "bare rusqlite loop (crash)",
+                "queue append+peek+ack (crash)",
+                "pipeline sim→queue→file (crash)"
+            ]
+        );
+        // The probes must measure something: the queue phase writes to disk and uses CPU.
+        let queue = &report.phases[1];
+        assert!(
+            queue.write_bytes_per_reading > 1.0,
+            "write_bytes from /proc/self/io: {queue:?}"
+        );
+        assert!(
+            queue.cpu > Duration::ZERO && queue.elapsed > Duration::ZERO,
+            "{queue:?}"
+        );
+        assert!(report.peak_rss > 1_000_000, "VmHWM from /proc/self/status");
+        let table = render(&report);
+        assert!(
+            table.contains("vs bare") && table.contains("peak RSS of the run"),
+            "{table}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_modbus_bench_counts_requests_per_scan() {
+        let target = concat!(env!("CARGO_MANIFEST_DIR"), "/../target");
+        std::fs::create_dir_all(target).expect("target dir");
+        let dir = tempfile::tempdir_in(target).expect("tempdir");
+        let report = run_modbus(dir.path(), 1000, 5000, 1000)
+            .await
+            .expect("bench runs");
+        let names: Vec<_> = report.phases.iter().map(|p| p.name.as_str()).collect();
+        // 1000 contiguous registers: 8 reads of at most 125 coalesced, 1000 without.
+        assert_eq!(
+            names,
+            [
+                "modbus scan, coalesced: 8 requests",
+                "modbus scan, 1 per point: 1000 requests",
+                "modbus: scans of 1000 → queue"
+            ]
+        );
+        assert!(report.phases[2].readings >= 5000, "{:?}", report.phases[2]);
+    }
 }

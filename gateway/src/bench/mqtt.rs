@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-use super::{bench_dir, drain_phase, sample_batch, BenchReport, Phase, Probe};
-use crate::queue::{QueueError, Queued};
+use super::{bench_dir, drain_phase, sample_queued, BenchReport, Phase, Probe};
+use crate::queue::QueueError;
 use crate::uplink::mqtt::{build_messages, MqttSettings, MqttUplink, MqttUplinkConfig};
 
 fn err(e: impl std::fmt::Display) -> QueueError {
@@ -71,16 +71,7 @@ async fn bare_publisher(
     batch: usize,
     encode: bool,
 ) -> Result<Phase, QueueError> {
-    let items: Vec<Queued> = sample_batch(batch)
-        .into_iter()
-        .zip(1..)
-        .map(|(reading, seq)| Queued {
-            seq,
-            reading,
-            unsynced: false,
-            only_for: None,
-        })
-        .collect();
+    let items = sample_queued(batch);
     let (messages, _) = build_messages(
         s,
         crate::payload::Origin {

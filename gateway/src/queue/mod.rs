@@ -937,24 +937,10 @@ impl Inspector {
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
             let key = self.series.key_for(&self.conn, row.get(3)?)?;
-            let kind: i64 = row.get(5)?;
             out.push(DeadLetter {
                 id: row.get::<_, i64>(0)? as u64,
                 uplink: row.get(1)?,
-                queued: Queued {
-                    seq: row.get::<_, i64>(2)? as u64,
-                    unsynced: false,
-                    only_for: None,
-                    reading: Reading {
-                        source: key.source,
-                        device: key.device,
-                        point: key.point,
-                        ts: from_micros(row.get(4)?),
-                        value: decode_value(kind & 0b111, row.get_ref(6)?),
-                        unit: key.unit,
-                        quality: decode_quality(kind, row.get(7)?),
-                    },
-                },
+                queued: queued_from(row, row.get::<_, i64>(2)? as u64, key, 4)?,
                 error: row.get(8)?,
                 failed: from_micros(row.get::<_, i64>(9)? * 1000),
                 requeue_asked: row.get(10)?,
@@ -1053,24 +1039,7 @@ fn peek(
                 key
             }
         };
-        let ts = from_micros(row.get(2)?);
-        let kind: i64 = row.get(3)?;
-        let value = decode_value(kind & 0b111, row.get_ref(4)?);
-        let quality = decode_quality(kind, row.get(5)?);
-        out.push(Queued {
-            seq: seq as u64,
-            unsynced: false,
-            only_for: None,
-            reading: Reading {
-                source: key.source,
-                device: key.device,
-                point: key.point,
-                ts,
-                value,
-                unit: key.unit,
-                quality,
-            },
-        });
+        out.push(queued_from(row, seq as u64, key, 2)?);
     }
     if let (Some(first), Some(last)) = (out.first().map(|q| q.seq), out.last().map(|q| q.seq)) {
         // Readings meant for one uplink only.
@@ -1245,6 +1214,30 @@ fn encode_value(v: &Value) -> (i64, ToSqlOutput<'_>) {
         Value::Text(s) => (K_TEXT, ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))),
         Value::Bytes(b) => (K_BYTES, ToSqlOutput::Borrowed(ValueRef::Blob(b))),
     }
+}
+
+/// A reading from a row holding `ts, kind, value, reason` from column `at` on.
+fn queued_from(
+    row: &rusqlite::Row<'_>,
+    seq: u64,
+    key: series::SeriesKey,
+    at: usize,
+) -> rusqlite::Result<Queued> {
+    let kind: i64 = row.get(at + 1)?;
+    Ok(Queued {
+        seq,
+        unsynced: false,
+        only_for: None,
+        reading: Reading {
+            source: key.source,
+            device: key.device,
+            point: key.point,
+            ts: from_micros(row.get(at)?),
+            value: decode_value(kind & 0b111, row.get_ref(at + 2)?),
+            unit: key.unit,
+            quality: decode_quality(kind, row.get(at + 3)?),
+        },
+    })
 }
 
 fn decode_quality(kind: i64, reason: Option<String>) -> Quality {

@@ -4,11 +4,93 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use fieldgate_adapter::ConfigProblem;
+
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+/// The TLS files of an uplink section, resolved against the config directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificates to trust instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key, for mutual TLS.
+    pub client_auth: Option<(PathBuf, PathBuf)>,
+}
+
+impl TlsFiles {
+    /// Resolves `ca_file`, `client_cert` and `client_key` against `base`, checks that each
+    /// can be read and that certificate and key come together; problems go to `p`.
+    pub fn resolve(
+        base: &Path,
+        ca_file: Option<&Path>,
+        client_cert: Option<&Path>,
+        client_key: Option<&Path>,
+        p: &mut Vec<ConfigProblem>,
+    ) -> TlsFiles {
+        let ca_file = ca_file.map(|f| base.join(f));
+        let cert = client_cert.map(|f| base.join(f));
+        let key = client_key.map(|f| base.join(f));
+        for (k, f) in [
+            ("ca_file", &ca_file),
+            ("client_cert", &cert),
+            ("client_key", &key),
+        ] {
+            if let Some(f) = f {
+                if let Err(e) = std::fs::metadata(f) {
+                    p.push(ConfigProblem::new(
+                        k,
+                        format!("cannot read {}: {e}", f.display()),
+                    ));
+                }
+            }
+        }
+        let client_auth = match (cert, key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => {
+                p.push(ConfigProblem::new(
+                    "client_key",
+                    "client_cert needs client_key (mutual TLS takes both)",
+                ));
+                None
+            }
+            (None, Some(_)) => {
+                p.push(ConfigProblem::new(
+                    "client_cert",
+                    "client_key needs client_cert (mutual TLS takes both)",
+                ));
+                None
+            }
+        };
+        TlsFiles {
+            ca_file,
+            client_auth,
+        }
+    }
+
+    /// True if any file is set.
+    pub fn any(&self) -> bool {
+        self.ca_file.is_some() || self.client_auth.is_some()
+    }
+
+    /// Loads the files into a TLS configuration once, so `fieldgate check` catches a CA file
+    /// that is not PEM or a key that does not fit its certificate; problems go to `p`.
+    pub fn check(&self, insecure: bool, p: &mut Vec<ConfigProblem>) {
+        if let Err(e) = client_config(self.ca_file.as_deref(), self.client_auth.as_ref(), insecure)
+        {
+            let key = if e.contains("client") {
+                "client_cert"
+            } else {
+                "ca_file"
+            };
+            p.push(ConfigProblem::new(key, e));
+        }
+    }
+}
 
 /// Builds the TLS configuration. Errors are sentences naming the file at fault.
 pub fn client_config(

@@ -10,6 +10,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use crate::config::{Secret, SecretSource};
+use crate::uplink::tls::TlsFiles;
 
 /// The `type = "https"` section as written.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -263,44 +264,15 @@ impl HttpsUplinkConfig {
             _ => Auth::None,
         };
 
-        let file = |path: &Option<PathBuf>| path.as_ref().map(|f| base.join(f));
-        let ca_file = file(&self.ca_file);
-        let cert = file(&self.client_cert);
-        let key = file(&self.client_key);
-        for (k, f) in [
-            ("ca_file", &ca_file),
-            ("client_cert", &cert),
-            ("client_key", &key),
-        ] {
-            if let Some(f) = f {
-                if let Err(e) = std::fs::metadata(f) {
-                    p.push(ConfigProblem::new(
-                        k,
-                        format!("cannot read {}: {e}", f.display()),
-                    ));
-                }
-            }
-        }
-        let client_auth = match (cert, key) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
-            (Some(_), None) => {
-                p.push(ConfigProblem::new(
-                    "client_key",
-                    "client_cert needs client_key (mutual TLS takes both)",
-                ));
-                None
-            }
-            (None, Some(_)) => {
-                p.push(ConfigProblem::new(
-                    "client_cert",
-                    "client_key needs client_cert (mutual TLS takes both)",
-                ));
-                None
-            }
-        };
+        let files = TlsFiles::resolve(
+            base,
+            self.ca_file.as_deref(),
+            self.client_cert.as_deref(),
+            self.client_key.as_deref(),
+            &mut p,
+        );
         let tls = url.as_ref().is_none_or(|u| u.scheme() == "https");
-        if !tls && (ca_file.is_some() || client_auth.is_some() || self.insecure_skip_verify) {
+        if !tls && (files.any() || self.insecure_skip_verify) {
             p.push(ConfigProblem::new(
                 "url",
                 "TLS settings (ca_file, client_cert, insecure_skip_verify) need an https:// url",
@@ -334,26 +306,15 @@ impl HttpsUplinkConfig {
             },
         };
         if tls && p.is_empty() {
-            if let Err(e) = crate::uplink::tls::client_config(
-                ca_file.as_deref(),
-                client_auth.as_ref(),
-                self.insecure_skip_verify,
-            ) {
-                let key = if e.contains("client") {
-                    "client_cert"
-                } else {
-                    "ca_file"
-                };
-                p.push(ConfigProblem::new(key, e));
-            }
+            files.check(self.insecure_skip_verify, &mut p);
         }
         match url {
             Some(url) if p.is_empty() => Ok(HttpsSettings {
                 url,
                 headers,
                 auth,
-                ca_file,
-                client_auth,
+                ca_file: files.ca_file,
+                client_auth: files.client_auth,
                 insecure_skip_verify: self.insecure_skip_verify,
                 gzip: self.gzip,
                 timeout: self.timeout,

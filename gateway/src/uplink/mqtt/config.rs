@@ -8,6 +8,7 @@ use fieldgate_adapter::ConfigProblem;
 use serde::Deserialize;
 
 use crate::config::{ByteSize, Secret, SecretSource};
+use crate::uplink::tls::TlsFiles;
 
 /// The `type = "mqtt"` section as written.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -358,42 +359,15 @@ impl MqttUplinkConfig {
         };
         let password = secret("password", &self.password);
         let sas_key = secret("sas_key", &self.sas_key);
+        let files = TlsFiles::resolve(
+            base,
+            self.ca_file.as_deref(),
+            self.client_cert.as_deref(),
+            self.client_key.as_deref(),
+            &mut p,
+        );
         let mut bad = |key: &str, msg: String| p.push(ConfigProblem::new(key, msg));
-
-        let file = |path: &Option<PathBuf>| path.as_ref().map(|f| base.join(f));
-        let ca_file = file(&self.ca_file);
-        let cert = file(&self.client_cert);
-        let key = file(&self.client_key);
-        for (k, f) in [
-            ("ca_file", &ca_file),
-            ("client_cert", &cert),
-            ("client_key", &key),
-        ] {
-            if let Some(f) = f {
-                if let Err(e) = std::fs::metadata(f) {
-                    bad(k, format!("cannot read {}: {e}", f.display()));
-                }
-            }
-        }
-        let client_auth = match (cert, key) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
-            (Some(_), None) => {
-                bad(
-                    "client_key",
-                    "client_cert needs client_key (mutual TLS takes both)".into(),
-                );
-                None
-            }
-            (None, Some(_)) => {
-                bad(
-                    "client_cert",
-                    "client_key needs client_cert (mutual TLS takes both)".into(),
-                );
-                None
-            }
-        };
-        if !tls && (ca_file.is_some() || client_auth.is_some() || self.insecure_skip_verify) {
+        if !tls && (files.any() || self.insecure_skip_verify) {
             bad(
                 "url",
                 "TLS settings (ca_file, client_cert, insecure_skip_verify) need an mqtts:// url"
@@ -474,7 +448,7 @@ impl MqttUplinkConfig {
                         "AWS IoT Core needs mqtts:// (port 8883) and mutual TLS".into(),
                     );
                 }
-                if client_auth.is_none() {
+                if files.client_auth.is_none() {
                     bad("client_cert", "AWS IoT Core authenticates devices by certificate: set client_cert and client_key".into());
                 }
                 if self.max_message_bytes.0 > 128 * 1024 {
@@ -580,18 +554,7 @@ impl MqttUplinkConfig {
             }
         }
         if tls && p.is_empty() {
-            if let Err(e) = crate::uplink::tls::client_config(
-                ca_file.as_deref(),
-                client_auth.as_ref(),
-                self.insecure_skip_verify,
-            ) {
-                let key = if e.contains("client") {
-                    "client_cert"
-                } else {
-                    "ca_file"
-                };
-                p.push(ConfigProblem::new(key, e));
-            }
+            files.check(self.insecure_skip_verify, &mut p);
         }
         if !p.is_empty() {
             return Err(p);
@@ -604,8 +567,8 @@ impl MqttUplinkConfig {
             client_id,
             username,
             password,
-            ca_file,
-            client_auth,
+            ca_file: files.ca_file,
+            client_auth: files.client_auth,
             insecure_skip_verify: self.insecure_skip_verify,
             keep_alive: self.keep_alive,
             clean_session: self.clean_session,
