@@ -247,7 +247,6 @@ fn bare_loop(
     Ok(phase)
 }
 
-/// Readings as an adapter makes them: the names are shared, not allocated per reading.
 /// [`sample_batch`] as queued readings with sequence ids from 1, for the uplink benches.
 fn sample_queued(batch: usize) -> Vec<crate::queue::Queued> {
     sample_batch(batch)
@@ -262,6 +261,7 @@ fn sample_queued(batch: usize) -> Vec<crate::queue::Queued> {
         .collect()
 }
 
+/// Readings as an adapter makes them: the names are shared, not allocated per reading.
 fn sample_batch(batch: usize) -> Vec<Reading> {
     let now = SystemTime::now();
     let template = Reading::new("bench", "device-1", "value", now, Value::F64(0.0)).with_unit("kW");

@@ -158,7 +158,7 @@ impl IngestServer {
         let listener = loop {
             match TcpListener::bind(self.addr).await {
                 Ok(l) => break l,
-                Err(e) if tries < 50 => {
+                Err(e) if tries < 250 => {
                     tries += 1;
                     let _ = e;
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -249,6 +249,12 @@ impl Ingest {
                 return text(401, "missing or wrong bearer token");
             }
         }
+        // The body is read before any scripted answer: answering early and closing with the
+        // body unread would reset the connection, and the client would see no status at all.
+        let body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return text(400, "cannot read the body"),
+        };
         let fault = self.lock().script.pop_front();
         if let Some(Fault::Status {
             status,
@@ -263,10 +269,6 @@ impl Ingest {
             }
             return r;
         }
-        let body = match req.into_body().collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => return text(400, "cannot read the body"),
-        };
         let body = if gzip {
             let mut out = Vec::new();
             if flate2::read::GzDecoder::new(&body[..])

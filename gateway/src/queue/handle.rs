@@ -87,7 +87,7 @@ impl QueueHandle {
                     ..
                 }) = &result
                 {
-                    self.committed.send_replace(*last);
+                    self.committed_through(*last);
                 }
                 (result, readings)
             }
@@ -96,6 +96,17 @@ impl QueueHandle {
                 (Err(QueueError::Task(e.to_string())), Vec::new())
             }
         }
+    }
+
+    /// Publishes that everything through `last` is committed. The writer and the upkeep task
+    /// both commit and report after releasing the queue, so reports can arrive out of order:
+    /// the value only ever grows, or a forwarder could wait for rows it already missed.
+    fn committed_through(&self, last: u64) {
+        self.committed.send_if_modified(|v| {
+            let grew = last > *v;
+            *v = (*v).max(last);
+            grew
+        });
     }
 
     /// The queue database's id (see [`Queue::instance`]).
@@ -154,7 +165,7 @@ impl QueueHandle {
             .with(|q| Ok((q.requeue_requested()?, q.next_seq() - 1)))
             .await?;
         if n > 0 {
-            self.committed.send_replace(last);
+            self.committed_through(last);
         }
         Ok(n)
     }

@@ -690,7 +690,7 @@ impl Queue {
 
     /// Up to `limit` readings with a sequence id above `after`, oldest first.
     pub fn peek(&mut self, after: u64, limit: usize) -> Result<Vec<Queued>, QueueError> {
-        peek(&self.conn, &mut self.series, after, limit)
+        peek_rows(&self.conn, &mut self.series, after, limit, true)
     }
 
     /// The acknowledged watermark of `uplink`.
@@ -746,7 +746,8 @@ impl Queue {
     }
 
     /// [`Queue::dead_letter`] with a reason per reading, all in one transaction (a failure
-    /// halfway stores none of them, so a retry cannot store some twice).
+    /// halfway stores none of them). The acknowledgement that follows is a transaction of its
+    /// own: if that one fails, the batch is retried and its rejects are stored again.
     pub fn dead_letter_each(
         &mut self,
         uplink: &str,
@@ -889,6 +890,9 @@ pub struct Inspector {
     conn: Connection,
     path: PathBuf,
     series: SeriesCache,
+    /// The database has the tables of requeue (`targets`, `requeue_requests`): one written by
+    /// an older gateway, not yet opened by this version's, lacks them.
+    requeue_tables: bool,
 }
 
 impl Inspector {
@@ -905,10 +909,16 @@ impl Inspector {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(Duration::from_secs(5))?;
+        let requeue_tables = conn.query_row(
+            "SELECT count(*) = 2 FROM sqlite_master WHERE type = 'table' AND name IN ('targets', 'requeue_requests')",
+            [],
+            |r| r.get(0),
+        )?;
         Ok(Inspector {
             conn,
             path: path.to_path_buf(),
             series: SeriesCache::default(),
+            requeue_tables,
         })
     }
 
@@ -919,7 +929,13 @@ impl Inspector {
 
     /// Up to `limit` readings after `after`.
     pub fn peek(&mut self, after: u64, limit: usize) -> Result<Vec<Queued>, QueueError> {
-        peek(&self.conn, &mut self.series, after, limit)
+        peek_rows(
+            &self.conn,
+            &mut self.series,
+            after,
+            limit,
+            self.requeue_tables,
+        )
     }
 
     /// Up to `limit` dead letters, oldest first, of `uplink` (or every uplink).
@@ -928,11 +944,15 @@ impl Inspector {
         uplink: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, QueueError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT d.id, d.uplink, d.seq, d.series, d.ts, d.kind, d.value, d.reason, d.error, d.failed_ms,
-                    EXISTS (SELECT 1 FROM requeue_requests r WHERE r.dead_letter = d.id)
+        let asked = if self.requeue_tables {
+            "EXISTS (SELECT 1 FROM requeue_requests r WHERE r.dead_letter = d.id)"
+        } else {
+            "0"
+        };
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT d.id, d.uplink, d.seq, d.series, d.ts, d.kind, d.value, d.reason, d.error, d.failed_ms, {asked}
              FROM dead_letters d WHERE ?1 IS NULL OR d.uplink = ?1 ORDER BY d.id LIMIT ?2",
-        )?;
+        ))?;
         let mut rows = stmt.query(params![uplink, limit as i64])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
@@ -1016,11 +1036,12 @@ pub fn request_requeue(path: &Path, which: &RequeueSelection) -> Result<u64, Que
     Ok(n as u64)
 }
 
-fn peek(
+fn peek_rows(
     conn: &Connection,
     series: &mut SeriesCache,
     after: u64,
     limit: usize,
+    targets: bool,
 ) -> Result<Vec<Queued>, QueueError> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, series, ts, kind, value, reason FROM readings WHERE seq > ?1 ORDER BY seq LIMIT ?2",
@@ -1043,22 +1064,8 @@ fn peek(
     }
     if let (Some(first), Some(last)) = (out.first().map(|q| q.seq), out.last().map(|q| q.seq)) {
         // Readings meant for one uplink only.
-        let mut targeted = conn.prepare_cached(
-            "SELECT first_seq, last_seq, uplink FROM targets WHERE last_seq >= ?1 AND first_seq <= ?2",
-        )?;
-        let ranges: Vec<(u64, u64, String)> = targeted
-            .query_map(params![first as i64, last as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    r.get::<_, i64>(1)? as u64,
-                    r.get(2)?,
-                ))
-            })?
-            .collect::<Result<_, _>>()?;
-        for (a, b, uplink) in &ranges {
-            for q in out.iter_mut().filter(|q| (*a..=*b).contains(&q.seq)) {
-                q.only_for = Some(uplink.clone());
-            }
+        if targets {
+            mark_targets(conn, &mut out, first, last)?;
         }
         // Readings whose clock could not be trusted: flagged, and never before the build date.
         let mut flagged = conn.prepare_cached(
@@ -1081,6 +1088,33 @@ fn peek(
         }
     }
     Ok(out)
+}
+
+/// Marks the readings of `out` (sequence ids `first..=last`) meant for one uplink only.
+fn mark_targets(
+    conn: &Connection,
+    out: &mut [Queued],
+    first: u64,
+    last: u64,
+) -> Result<(), QueueError> {
+    let mut targeted = conn.prepare_cached(
+        "SELECT first_seq, last_seq, uplink FROM targets WHERE last_seq >= ?1 AND first_seq <= ?2",
+    )?;
+    let ranges: Vec<(u64, u64, String)> = targeted
+        .query_map(params![first as i64, last as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, i64>(1)? as u64,
+                r.get(2)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    for (a, b, uplink) in &ranges {
+        for q in out.iter_mut().filter(|q| (*a..=*b).contains(&q.seq)) {
+            q.only_for = Some(uplink.clone());
+        }
+    }
+    Ok(())
 }
 
 fn seq_range(conn: &Connection) -> rusqlite::Result<(Option<u64>, Option<u64>)> {

@@ -159,10 +159,13 @@ impl Forwarder {
     /// Before a rewind after a failure: remembers the ranges of the batches that were in
     /// flight (`failed_last` ended the one that failed), so they are sent again as they were.
     fn remember_ranges(&mut self, stream: Stream, failed_last: u64) {
-        self.replay.clear();
         if matches!(self.opts.drain, Drain::LiveFirst { .. }) || stream != Stream::Main {
+            self.replay.clear();
             return;
         }
+        // Ranges still to be replayed from an earlier failure (the window was not refilled
+        // up to them) stay, after the ones in flight now.
+        let earlier = std::mem::take(&mut self.replay);
         self.replay.push_back(failed_last);
         self.replay.extend(
             self.inflight
@@ -170,6 +173,9 @@ impl Forwarder {
                 .filter(|f| f.stream == Stream::Main)
                 .map(|f| f.last),
         );
+        let sent_through = self.replay.back().copied().unwrap_or(0);
+        self.replay
+            .extend(earlier.into_iter().filter(|&end| end > sent_through));
     }
 
     /// Peeks the next batch of `stream`. `Ok(None)`: nothing there now.

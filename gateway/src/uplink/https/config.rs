@@ -195,6 +195,15 @@ impl HttpsUplinkConfig {
             .bearer_token
             .as_ref()
             .and_then(|s| secret(&mut p, "bearer_token".into(), s));
+        if bearer
+            .as_ref()
+            .is_some_and(|t| HeaderValue::from_str(&format!("Bearer {}", t.expose())).is_err())
+        {
+            p.push(ConfigProblem::new(
+                "bearer_token",
+                "holds characters a header cannot carry (control characters or non-ASCII)",
+            ));
+        }
         let password = self
             .password
             .as_ref()
@@ -437,6 +446,11 @@ mod tests {
                 r#"url = "https://x/"
                    idempotency_header = "a b""#,
                 "idempotency_header",
+            ),
+            (
+                r#"url = "https://x/"
+                   bearer_token = "line\nbreak""#,
+                "bearer_token",
             ),
         ];
         for (text, key) in cases {

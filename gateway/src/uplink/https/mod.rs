@@ -7,9 +7,11 @@
 //! lost response. Requests run as their own tasks, up to `max_in_flight` at once.
 //!
 //! The response decides ([`classify`]): 2xx is an acknowledgement; a connection error, a
-//! timeout, 408, 429, 5xx (and 401/403, 3xx: the credentials or url need fixing, the data is
-//! fine) are transient and the batch is sent again, no sooner than `Retry-After` says; any
-//! other 4xx rejects the batch, which the forwarder moves to the dead-letter table.
+//! timeout, 408, 409, 429 and 5xx are transient and the batch is sent again, no sooner than
+//! `Retry-After` says; so are 401/403, 404/405/410/415 and 3xx, which say the credentials or
+//! the url need fixing — the batch is fine, and dead-lettering every batch while an operator
+//! fixes a typo would empty the queue into the capped dead-letter table. Any other 4xx (400,
+//! 413, 422, ...) rejects the batch, which the forwarder moves to the dead-letter table.
 
 mod config;
 
@@ -97,12 +99,11 @@ impl HttpsUplink {
             Auth::Basic { username, password } => req.basic_auth(username, Some(password.expose())),
         };
         let task = tokio::spawn(async move {
-            let response = req.send().await.map_err(|e| describe(&e, &s))?;
+            let response = req.send().await.map_err(|e| describe(e, &s))?;
             let status = response.status();
             let retry_after = retry_after(response.headers(), SystemTime::now());
             let quote = if status.is_success() {
-                // Read (and drop) the body so the connection can be reused.
-                let _ = response.bytes().await;
+                drain(response).await;
                 String::new()
             } else {
                 body_quote(response).await
@@ -257,7 +258,7 @@ pub fn classify(
     };
     match code {
         200..=299 => Ok(()),
-        408 | 429 | 500..=599 => match retry_after {
+        408 | 409 | 429 | 500..=599 => match retry_after {
             Some(after) => Err(SendError::RetryAfter(what, after.min(MAX_RETRY_AFTER))),
             None => Err(SendError::Retry(what)),
         },
@@ -265,6 +266,9 @@ pub fn classify(
         // into the dead-letter table while an operator fixes a token.
         401 | 403 => Err(SendError::Retry(format!(
             "{what} (check the uplink's credentials)"
+        ))),
+        404 | 405 | 410 | 415 => Err(SendError::Retry(format!(
+            "{what} (the endpoint does not take these requests: check the uplink's url)"
         ))),
         300..=399 => Err(SendError::Retry(format!(
             "{what} (redirects are not followed; set url to the final address)"
@@ -281,6 +285,18 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     }
     let at = httpdate::parse_http_date(v).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Reads a little of a success response's body, so a short one leaves the connection
+/// reusable; a long one is dropped unread (the connection closes) rather than buffered.
+async fn drain(mut response: reqwest::Response) {
+    let mut read = 0;
+    while read < 64 * 1024 {
+        match response.chunk().await {
+            Ok(Some(chunk)) => read += chunk.len(),
+            _ => return,
+        }
+    }
 }
 
 /// The first bytes of an error response's body, as one line of text.
@@ -303,10 +319,12 @@ async fn body_quote(mut response: reqwest::Response) -> String {
     line.trim().to_string()
 }
 
-/// A transport failure as a sentence: what failed, the causes, and a hint.
-fn describe(e: &reqwest::Error, s: &HttpsSettings) -> SendError {
+/// A transport failure as a sentence: what failed, the causes, and a hint. Only the host is
+/// named: the url's path or query may hold a token.
+fn describe(e: reqwest::Error, s: &HttpsSettings) -> SendError {
     let host = s.url.host_str().unwrap_or("?");
-    let causes = chain(e);
+    let e = e.without_url();
+    let causes = chain(&e);
     let msg = if e.is_timeout() {
         format!("request to {host} timed out ({causes})")
     } else if e.is_connect() {
@@ -355,11 +373,16 @@ mod tests {
             (503, Some(99_999), "retry after 3600"),
             (401, None, "retry"),
             (403, None, "retry"),
+            (404, None, "retry"),
+            (405, None, "retry"),
+            (409, Some(1), "retry after 1"),
+            (410, None, "retry"),
+            (415, None, "retry"),
             (301, None, "retry"),
             (400, None, "reject"),
-            (404, None, "reject"),
             (413, None, "reject"),
             (422, None, "reject"),
+            (451, None, "reject"),
         ];
         for (code, after, expected) in cases {
             let status = StatusCode::from_u16(*code).expect("valid code");
