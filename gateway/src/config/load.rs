@@ -171,6 +171,29 @@ impl Collector {
         });
     }
 
+    /// Records the problems a section's own validation found (keys relative to `at`).
+    /// True if there were none.
+    pub fn push_all(
+        &mut self,
+        at: &KeyPath,
+        problems: Vec<fieldgate_adapter::ConfigProblem>,
+    ) -> bool {
+        let ok = problems.is_empty();
+        for p in problems {
+            self.push(at.join_str(&p.key), p.message);
+        }
+        ok
+    }
+
+    /// The value a section's validation resolved, or `None` with its problems recorded.
+    pub fn relay<T>(
+        &mut self,
+        at: &KeyPath,
+        validated: Result<T, Vec<fieldgate_adapter::ConfigProblem>>,
+    ) -> Option<T> {
+        validated.map_err(|ps| self.push_all(at, ps)).ok()
+    }
+
     /// Deserializes `T` from `value` (found at `at`), recording every error it can find.
     /// Returns `None` if there was any.
     pub fn extract<T: DeserializeOwned>(&mut self, value: &Value, at: &KeyPath) -> Option<T> {

@@ -740,22 +740,14 @@ fn adapter(c: &mut Collector, entry: &Value, at: &KeyPath, base: &Path) -> Optio
     let kind = match ty.as_str() {
         "simulator" => {
             let cfg: SimulatorConfig = c.extract_with(&rest, at, ADAPTER_KEYS)?;
-            let problems = cfg.validate(base);
-            if !problems.is_empty() {
-                for p in problems {
-                    c.push(at.join_str(&p.key), p.message);
-                }
+            if !c.push_all(at, cfg.validate(base)) {
                 return None;
             }
             AdapterConfig::Simulator(cfg)
         }
         "modbus" => {
             let cfg: ModbusConfig = c.extract_with(&rest, at, ADAPTER_KEYS)?;
-            let problems = cfg.validate();
-            if !problems.is_empty() {
-                for p in problems {
-                    c.push(at.join_str(&p.key), p.message);
-                }
+            if !c.push_all(at, cfg.validate()) {
                 return None;
             }
             AdapterConfig::Modbus(cfg)
@@ -811,26 +803,12 @@ fn uplink(
             .map(UplinkConfig::Console),
         "mqtt" => c
             .extract_with::<MqttUplinkConfig>(&rest, at, kind_keys)
-            .and_then(|m| match m.settings(ctx.gateway, ctx.base, ctx.env) {
-                Ok(s) => Some(UplinkConfig::Mqtt(Box::new(s))),
-                Err(problems) => {
-                    for p in problems {
-                        c.push(at.join_str(&p.key), p.message);
-                    }
-                    None
-                }
-            }),
+            .and_then(|m| c.relay(at, m.settings(ctx.gateway, ctx.base, ctx.env)))
+            .map(|s| UplinkConfig::Mqtt(Box::new(s))),
         "https" => c
             .extract_with::<HttpsUplinkConfig>(&rest, at, kind_keys)
-            .and_then(|h| match h.settings(ctx.base, ctx.env) {
-                Ok(s) => Some(UplinkConfig::Https(Box::new(s))),
-                Err(problems) => {
-                    for p in problems {
-                        c.push(at.join_str(&p.key), p.message);
-                    }
-                    None
-                }
-            }),
+            .and_then(|h| c.relay(at, h.settings(ctx.base, ctx.env)))
+            .map(|s| UplinkConfig::Https(Box::new(s))),
         _ => None,
     };
     let common = common?;
