@@ -152,11 +152,8 @@ impl QueueHandle {
         items: Vec<(u64, String)>,
     ) -> Result<(), QueueError> {
         let uplink = uplink.to_string();
-        self.with(move |q| {
-            let each: Vec<(u64, &str)> = items.iter().map(|(s, e)| (*s, e.as_str())).collect();
-            q.dead_letter_each(&uplink, &each)
-        })
-        .await
+        self.with(move |q| q.dead_letter_each(&uplink, &items))
+            .await
     }
 
     /// Moves requeue-requested dead letters back into the queue and wakes the forwarders.

@@ -748,10 +748,10 @@ impl Queue {
     /// [`Queue::dead_letter`] with a reason per reading, all in one transaction (a failure
     /// halfway stores none of them). The acknowledgement that follows is a transaction of its
     /// own: if that one fails, the batch is retried and its rejects are stored again.
-    pub fn dead_letter_each(
+    pub fn dead_letter_each<S: AsRef<str>>(
         &mut self,
         uplink: &str,
-        items: &[(u64, &str)],
+        items: &[(u64, S)],
     ) -> Result<(), QueueError> {
         let tx = self
             .conn
@@ -764,7 +764,7 @@ impl Queue {
                  SELECT ?1, seq, series, ts, kind, value, reason, ?2, ?3 FROM readings WHERE seq = ?4",
             )?;
             for (seq, error) in items {
-                n += copy.execute(params![uplink, error, now, *seq as i64])?;
+                n += copy.execute(params![uplink, error.as_ref(), now, *seq as i64])?;
             }
         }
         tx.execute(
