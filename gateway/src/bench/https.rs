@@ -98,13 +98,8 @@ async fn bare_client(s: &HttpsSettings, n: u64, batch: usize) -> Result<Phase, Q
         &items,
         false,
     ));
-    let tls = crate::uplink::tls::client_config(s.ca_file.as_deref(), None, false).map_err(err)?;
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .tcp_nodelay(true)
-        .no_proxy()
-        .build()
-        .map_err(err)?;
+    // The uplink's own client settings (TLS, pool), without anything else of the uplink.
+    let client = crate::uplink::https::build_client(s).map_err(err)?;
     let rounds = n.div_ceil(batch as u64);
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let probe = Probe::now();

@@ -99,8 +99,8 @@ pub enum Auth {
 pub struct HttpsSettings {
     /// The endpoint.
     pub url: reqwest::Url,
-    /// Extra headers, values resolved (secret: never logged).
-    pub headers: Vec<(HeaderName, Secret)>,
+    /// Extra headers, values resolved and marked sensitive (their `Debug` hides them).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Authentication.
     pub auth: Auth,
     /// CA file (resolved against the config directory).
@@ -225,16 +225,16 @@ impl HttpsUplinkConfig {
                         "conflicts with bearer_token / username: give one of them",
                     ));
                 }
-                Ok(h) => {
-                    if HeaderValue::from_str(value.expose()).is_err() {
-                        p.push(ConfigProblem::new(
-                            key,
-                            "the value holds characters a header cannot carry (control characters or non-ASCII)",
-                        ));
-                    } else {
-                        headers.push((h, value));
+                Ok(h) => match HeaderValue::from_str(value.expose()) {
+                    Ok(mut v) => {
+                        v.set_sensitive(true);
+                        headers.push((h, v));
                     }
-                }
+                    Err(_) => p.push(ConfigProblem::new(
+                        key,
+                        "the value holds characters a header cannot carry (control characters or non-ASCII)",
+                    )),
+                },
                 Err(_) => p.push(ConfigProblem::new(
                     key,
                     format!("`{name}` is not a valid header name"),
@@ -370,6 +370,12 @@ mod tests {
         assert_eq!(s.auth, Auth::Bearer(Secret::from("t0k3n")));
         assert_eq!(s.headers.len(), 1);
         assert_eq!(s.headers[0].0.as_str(), "x-site");
+        assert_eq!(s.headers[0].1, "north");
+        assert!(s.headers[0].1.is_sensitive());
+        assert!(
+            !format!("{s:?}").contains("north"),
+            "header values stay out of Debug"
+        );
         assert_eq!(s.timeout, Duration::from_secs(30));
         assert_eq!(s.max_in_flight, 4);
         assert_eq!(

@@ -162,7 +162,9 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-fn build_client(s: &HttpsSettings) -> Result<reqwest::Client, String> {
+/// The uplink's HTTP client: its TLS configuration, timeouts, no redirects, no proxy, and
+/// the configured headers.
+pub(crate) fn build_client(s: &HttpsSettings) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("fieldgate/", env!("CARGO_PKG_VERSION")))
         .timeout(s.timeout)
@@ -171,14 +173,7 @@ fn build_client(s: &HttpsSettings) -> Result<reqwest::Client, String> {
         .pool_max_idle_per_host(s.max_in_flight)
         .tcp_nodelay(true)
         .no_proxy();
-    let mut headers = HeaderMap::new();
-    for (name, value) in &s.headers {
-        let mut v = HeaderValue::from_str(value.expose())
-            .map_err(|_| format!("header {name}: invalid value"))?;
-        v.set_sensitive(true);
-        headers.insert(name.clone(), v);
-    }
-    builder = builder.default_headers(headers);
+    builder = builder.default_headers(s.headers.iter().cloned().collect());
     if s.tls() {
         let tls = super::tls::client_config(
             s.ca_file.as_deref(),
