@@ -323,8 +323,16 @@ async fn pipeline_run(
         )) as Box<dyn Adapter>)
     });
     let parts = file_parts(factory, &out, batch);
+    let phase = measure_delivery(&config, parts, n).await?;
+    remove_archive(&out);
+    Ok(phase)
+}
+
+/// Starts a pipeline of `parts` and measures it until `n` readings were delivered (every
+/// uplink acknowledged them), then stops it.
+async fn measure_delivery(config: &Config, parts: Parts, n: u64) -> Result<Phase, QueueError> {
     let probe = Probe::now();
-    let running = pipeline::start_with(&config, parts, PipelineOptions::default())
+    let running = pipeline::start_with(config, parts, PipelineOptions::default())
         .await
         .map_err(|e| QueueError::Incompatible(e.to_string()))?;
     let mut committed = running.queue().subscribe();
@@ -341,31 +349,36 @@ async fn pipeline_run(
         .stop()
         .await
         .map_err(|e| QueueError::Incompatible(e.to_string()))?;
-    remove_archive(&out);
     Ok(phase)
+}
+
+/// The single uplink of a bench pipeline, in fifo order.
+fn one_uplink(
+    id: &str,
+    batch: usize,
+    retry_min: Duration,
+    uplink: Box<dyn Uplink>,
+) -> Vec<(ForwarderOptions, Box<dyn Uplink>)> {
+    vec![(
+        ForwarderOptions {
+            id: id.into(),
+            filter: Filter::default(),
+            batch_size: batch,
+            retry_min,
+            retry_max: Duration::from_secs(1),
+            drain: crate::uplink::Drain::Fifo,
+        },
+        uplink,
+    )]
 }
 
 /// One adapter, `bench`, and one file uplink writing to `out`: the pipeline phases' parts.
 fn file_parts(factory: AdapterFactory, out: &Path, batch: usize) -> Parts {
+    // Rotate at 256 MB and keep one old file: the bench must not fill the disk.
+    let file = FileUplink::new(out.to_path_buf(), 256 << 20, 1, "bench".into());
     Parts {
         adapters: vec![("bench".into(), factory)],
-        uplinks: vec![(
-            ForwarderOptions {
-                id: "file".into(),
-                filter: Filter::default(),
-                batch_size: batch,
-                retry_min: Duration::from_millis(10),
-                retry_max: Duration::from_secs(1),
-                drain: crate::uplink::Drain::Fifo,
-            },
-            // Rotate at 256 MB and keep one old file: the bench must not fill the disk.
-            Box::new(FileUplink::new(
-                out.to_path_buf(),
-                256 << 20,
-                1,
-                "bench".into(),
-            )),
-        )],
+        uplinks: one_uplink("file", batch, Duration::from_millis(10), Box::new(file)),
     }
 }
 
@@ -542,35 +555,9 @@ async fn drain_phase(
     };
     let parts = Parts {
         adapters,
-        uplinks: vec![(
-            ForwarderOptions {
-                id: "up".into(),
-                filter: Filter::default(),
-                batch_size: batch,
-                retry_min: Duration::from_millis(100),
-                retry_max: Duration::from_secs(1),
-                drain: crate::uplink::Drain::Fifo,
-            },
-            make_uplink(),
-        )],
+        uplinks: one_uplink("up", batch, Duration::from_millis(100), make_uplink()),
     };
-    let probe = Probe::now();
-    let running = pipeline::start_with(&config, parts, PipelineOptions::default())
-        .await
-        .map_err(|e| QueueError::Incompatible(e.to_string()))?;
-    loop {
-        let st = running.queue().stats().await?;
-        if st.uplinks.first().map_or(0, |u| u.delivered) >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let phase = probe.phase(String::new(), n);
-    running
-        .stop()
-        .await
-        .map_err(|e| QueueError::Incompatible(e.to_string()))?;
-    Ok(phase)
+    measure_delivery(&config, parts, n).await
 }
 
 #[cfg(test)]
