@@ -1,0 +1,271 @@
+//! Cutting a serial byte stream into frames: lines ending with a terminator, or frames
+//! between a start and an end marker, never longer than a maximum.
+//!
+//! Memory is bounded by the maximum: input that would make a frame longer is discarded up
+//! to the next frame boundary and reported once as [`Event::Oversized`].
+
+/// What the framer found in the bytes it was given.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A complete frame, without its terminator or markers, `\r`/`\n` trimmed at both ends;
+    /// never empty.
+    Frame(&'a [u8]),
+    /// A frame longer than the maximum was discarded.
+    Oversized,
+    /// Bytes outside any frame (before a start marker) were discarded.
+    Stray(usize),
+}
+
+#[derive(Debug)]
+enum Mode {
+    Line { terminator: Vec<u8> },
+    Delimited { start: Vec<u8>, end: Vec<u8> },
+}
+
+/// The framer of one port. [`Framer::reset`] it when the port is reopened.
+#[derive(Debug)]
+pub struct Framer {
+    mode: Mode,
+    max: usize,
+    buf: Vec<u8>,
+    /// Discarding an oversized frame until the next boundary.
+    discarding: bool,
+    /// Delimited mode: a start marker was seen and `buf` holds the frame so far.
+    inside: bool,
+}
+
+impl Framer {
+    /// Lines ending with `terminator` (not empty), at most `max` bytes.
+    pub fn lines(terminator: &[u8], max: usize) -> Framer {
+        Framer::new(
+            Mode::Line {
+                terminator: terminator.to_vec(),
+            },
+            max,
+        )
+    }
+
+    /// Frames between `start` and `end` (neither empty), at most `max` bytes.
+    pub fn delimited(start: &[u8], end: &[u8], max: usize) -> Framer {
+        Framer::new(
+            Mode::Delimited {
+                start: start.to_vec(),
+                end: end.to_vec(),
+            },
+            max,
+        )
+    }
+
+    fn new(mode: Mode, max: usize) -> Framer {
+        Framer {
+            mode,
+            max: max.max(1),
+            buf: Vec::with_capacity(max.min(4096)),
+            discarding: false,
+            inside: false,
+        }
+    }
+
+    /// Forgets any partial frame (the port was closed and reopened).
+    pub fn reset(&mut self) {
+        self.buf.clear();
+        self.discarding = false;
+        self.inside = false;
+    }
+
+    /// Feeds `bytes`; calls `on` for every event, in stream order.
+    pub fn push(&mut self, bytes: &[u8], mut on: impl FnMut(Event<'_>)) {
+        match &self.mode {
+            Mode::Line { terminator } => {
+                let terminator = terminator.clone();
+                self.push_lines(&terminator, bytes, &mut on);
+            }
+            Mode::Delimited { start, end } => {
+                let (start, end) = (start.clone(), end.clone());
+                self.push_delimited(&start, &end, bytes, &mut on);
+            }
+        }
+    }
+
+    fn push_lines(&mut self, term: &[u8], bytes: &[u8], on: &mut impl FnMut(Event<'_>)) {
+        // A terminator may have begun in the bytes kept from the last call.
+        let mut from = self.buf.len().saturating_sub(term.len() - 1);
+        self.buf.extend_from_slice(bytes);
+        let mut consumed = 0;
+        while let Some(at) = find(&self.buf[from..], term) {
+            let end = from + at;
+            if self.discarding {
+                self.discarding = false;
+            } else if end - consumed > self.max {
+                on(Event::Oversized);
+            } else {
+                emit(&self.buf[consumed..end], on);
+            }
+            consumed = end + term.len();
+            from = consumed;
+        }
+        let rest = self.buf.len() - consumed;
+        if self.discarding || rest > self.max + term.len() - 1 {
+            if !self.discarding {
+                self.discarding = true;
+                on(Event::Oversized);
+            }
+            // Only what could be the start of the terminator is worth keeping.
+            let keep = (term.len() - 1).min(rest);
+            self.buf.drain(..self.buf.len() - keep);
+        } else {
+            self.buf.drain(..consumed);
+        }
+    }
+
+    fn push_delimited(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        bytes: &[u8],
+        on: &mut impl FnMut(Event<'_>),
+    ) {
+        // Simple and bounded: append, then consume what is complete.
+        self.buf.extend_from_slice(bytes);
+        let mut pos = 0;
+        loop {
+            if !self.inside {
+                match find(&self.buf[pos..], start) {
+                    Some(at) => {
+                        let stray = at;
+                        if stray > 0 && !self.discarding {
+                            on(Event::Stray(stray));
+                        }
+                        self.discarding = false;
+                        pos += at + start.len();
+                        self.inside = true;
+                    }
+                    None => {
+                        // Keep what could be the beginning of a start marker.
+                        let keep = (start.len() - 1).min(self.buf.len() - pos);
+                        let stray = self.buf.len() - pos - keep;
+                        if stray > 0 && !self.discarding {
+                            on(Event::Stray(stray));
+                        }
+                        self.buf.drain(..self.buf.len() - keep);
+                        return;
+                    }
+                }
+            }
+            match find(&self.buf[pos..], end) {
+                Some(at) => {
+                    let frame = &self.buf[pos..pos + at];
+                    // A start marker inside means the previous frame lost its end.
+                    let frame = match rfind(frame, start) {
+                        Some(s) => {
+                            on(Event::Stray(s + start.len()));
+                            &frame[s + start.len()..]
+                        }
+                        None => frame,
+                    };
+                    if frame.len() > self.max {
+                        on(Event::Oversized);
+                    } else {
+                        emit(frame, on);
+                    }
+                    pos += at + end.len();
+                    self.inside = false;
+                }
+                None => {
+                    if self.buf.len() - pos > self.max + end.len() {
+                        on(Event::Oversized);
+                        self.inside = false;
+                        // The rest of this frame is stray until the next start marker.
+                        self.discarding = true;
+                        self.buf.clear();
+                    } else {
+                        self.buf.drain(..pos);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn emit(frame: &[u8], on: &mut impl FnMut(Event<'_>)) {
+    let trimmed = frame.trim_ascii_start();
+    let end = trimmed
+        .iter()
+        .rposition(|b| !matches!(b, b'\r' | b'\n' | b' ' | b'\t'))
+        .map_or(0, |i| i + 1);
+    let trimmed = &trimmed[..end];
+    if !trimmed.is_empty() {
+        on(Event::Frame(trimmed));
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.len() == 1 {
+        return hay.iter().position(|&b| b == needle[0]);
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).rposition(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(framer: &mut Framer, chunks: &[&[u8]]) -> Vec<String> {
+        let mut out = Vec::new();
+        for c in chunks {
+            framer.push(c, |e| {
+                out.push(match e {
+                    Event::Frame(f) => String::from_utf8_lossy(f).into_owned(),
+                    Event::Oversized => "<oversized>".into(),
+                    Event::Stray(n) => format!("<stray {n}>"),
+                });
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn lines_split_across_reads_and_crlf() {
+        let mut f = Framer::lines(b"\n", 64);
+        let got = run(&mut f, &[b"$GPGGA,1", b"23\r\n\r\nT=1", b"\nH=2\r", b"\n"]);
+        assert_eq!(got, ["$GPGGA,123", "T=1", "H=2"]);
+    }
+
+    #[test]
+    fn multi_byte_terminator_split_between_reads() {
+        let mut f = Framer::lines(b"\r\n", 64);
+        let got = run(&mut f, &[b"a=1\r", b"\nb=2\r\nc=3\r", b"\r\n"]);
+        assert_eq!(got, ["a=1", "b=2", "c=3"]);
+    }
+
+    #[test]
+    fn over_long_lines_are_dropped_once_and_the_next_line_survives() {
+        let mut f = Framer::lines(b"\n", 8);
+        let long = [b'x'; 30];
+        let got = run(&mut f, &[b"ok=1\n", &long, &long, b"yy\nnext=2\n"]);
+        assert_eq!(got, ["ok=1", "<oversized>", "next=2"]);
+        // A long line inside one read, too; exactly `max` is accepted.
+        let got = run(&mut f, &[b"0123456789\n01234567\n"]);
+        assert_eq!(got, ["<oversized>", "01234567"]);
+    }
+
+    #[test]
+    fn delimited_frames_count_stray_bytes_and_lost_ends() {
+        let mut f = Framer::delimited(b"\x02", b"\x03", 16);
+        let got = run(
+            &mut f,
+            &[b"noise\x02T=1", b"\x03\r\n\x02lost\x02H=2\x03\x02", b"P=3\x03"],
+        );
+        assert_eq!(
+            got,
+            ["<stray 5>", "T=1", "<stray 2>", "<stray 5>", "H=2", "P=3"]
+        );
+        let got = run(&mut f, &[b"\x02", &[b'z'; 40], b"\x03\x02ok\x03"]);
+        assert_eq!(got, ["<oversized>", "ok"]);
+    }
+}
