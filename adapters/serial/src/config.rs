@@ -352,14 +352,16 @@ impl SerialConfig {
             push("backoff_max", "must be at most 365 days".into());
         }
         self.validate_format(&mut push);
-        drop(push);
         out.extend(self.validate_fields());
         out
     }
 
     fn validate_format(&self, push: &mut impl FnMut(&str, String)) {
         let only = |key: &str, formats: &str| {
-            format!("`{key}` is for format {formats}; this adapter's format is \"{}\"", self.format.as_str())
+            format!(
+                "`{key}` is for format {formats}; this adapter's format is \"{}\"",
+                self.format.as_str()
+            )
         };
         let f = self.format;
         if self.checksum != Checksum::Required && f != Format::Nmea {
@@ -383,7 +385,10 @@ impl SerialConfig {
         if self.prefix.is_some() && !matches!(f, Format::Csv | Format::Kv) {
             push(
                 "prefix",
-                only("prefix", "\"csv\" or \"kv\" (a `pattern` can anchor itself)"),
+                only(
+                    "prefix",
+                    "\"csv\" or \"kv\" (a `pattern` can anchor itself)",
+                ),
             );
         }
         match (f, &self.pattern) {
@@ -418,12 +423,9 @@ impl SerialConfig {
     fn validate_fields(&self) -> Vec<ConfigProblem> {
         let mut out = Vec::new();
         let captures: Option<Vec<String>> = match (&self.format, &self.pattern) {
-            (Format::Regex, Some(p)) => regex::Regex::new(p).ok().map(|re| {
-                re.capture_names()
-                    .flatten()
-                    .map(str::to_string)
-                    .collect()
-            }),
+            (Format::Regex, Some(p)) => regex::Regex::new(p)
+                .ok()
+                .map(|re| re.capture_names().flatten().map(str::to_string).collect()),
             _ => None,
         };
         let mut points = HashSet::new();
@@ -441,9 +443,10 @@ impl SerialConfig {
                     },
                 ),
                 (Some(_), Some(_)) => push("index", "set `field` or `index`, not both".into()),
-                (None, Some(_)) if self.format != Format::Csv => {
-                    push("index", "`index` is for format \"csv\"; name the field with `field`".into())
-                }
+                (None, Some(_)) if self.format != Format::Csv => push(
+                    "index",
+                    "`index` is for format \"csv\"; name the field with `field`".into(),
+                ),
                 (Some(name), None) => {
                     if name.trim().is_empty() {
                         push("field", "must not be empty".into());
@@ -485,7 +488,10 @@ impl SerialConfig {
                         push("point", format!("point `{p}` is produced by two fields"));
                     }
                 }
-                None => push("point", "a column by `index` needs `point`, its name".into()),
+                None => push(
+                    "point",
+                    "a column by `index` needs `point`, its name".into(),
+                ),
             }
             for (k, v) in [("scale", field.scale), ("offset", field.offset)] {
                 if let Some(v) = v {
@@ -600,9 +606,7 @@ mod tests {
             got,
             ["fields[0].field: `humidity` is not a named capture of `pattern`; it has: temp, hum"]
         );
-        let got = problems(
-            "port = \"/dev/ttyUSB0\"\nformat = \"regex\"\npattern = \"(unclosed\"",
-        );
+        let got = problems("port = \"/dev/ttyUSB0\"\nformat = \"regex\"\npattern = \"(unclosed\"");
         assert!(
             got[0].starts_with("pattern: is not a valid regular expression"),
             "{got:?}"

@@ -262,7 +262,11 @@ impl Decoder {
         result
     }
 
-    fn parse<'a>(&mut self, frame: &'a str, out: &mut Vec<Parsed<'a>>) -> Result<Frame, FrameError> {
+    fn parse<'a>(
+        &mut self,
+        frame: &'a str,
+        out: &mut Vec<Parsed<'a>>,
+    ) -> Result<Frame, FrameError> {
         match &self.kind {
             Kind::Nmea(checksum) => nmea::parse(frame, *checksum, out)
                 .map(|()| Frame::Data)
@@ -307,9 +311,9 @@ impl Decoder {
                 let pieces: Box<dyn Iterator<Item = &str>> = match separator {
                     Some(s) if s == " " => Box::new(rest.split_whitespace()),
                     Some(s) => Box::new(rest.split(s.as_str())),
-                    None => Box::new(
-                        rest.split(|c: char| c.is_whitespace() || c == ',' || c == ';'),
-                    ),
+                    None => {
+                        Box::new(rest.split(|c: char| c.is_whitespace() || c == ',' || c == ';'))
+                    }
                 };
                 let before = out.len();
                 for piece in pieces {
@@ -461,7 +465,7 @@ fn number(t: &str) -> Option<f64> {
 
 #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
 fn whole(v: f64) -> Option<Value> {
-    (v.fract() == 0.0 && v.abs() < 9.0e15).then(|| Value::I64(v as i64))
+    (v.fract() == 0.0 && v.abs() < 9.0e15).then_some(Value::I64(v as i64))
 }
 
 #[cfg(test)]
@@ -590,7 +594,10 @@ mod tests {
             "port = \"/dev/null\"\nformat = \"kv\"\nassign = \":\"\n[[fields]]\nfield = \"T\"\npoint = \"temp\"\nunit = \"°C\"",
         );
         let mut d = Decoder::new(&c).expect("decoder");
-        assert_eq!(decode(&mut d, "T:21.5 H:40").expect("data"), ["temp=21.5 °C"]);
+        assert_eq!(
+            decode(&mut d, "T:21.5 H:40").expect("data"),
+            ["temp=21.5 °C"]
+        );
 
         let c = config(
             r#"
@@ -600,7 +607,10 @@ mod tests {
             "#,
         );
         let mut d = Decoder::new(&c).expect("decoder");
-        assert_eq!(decode(&mut d, "CO2 415 ppm T -3.5").expect("data"), ["co2=415", "t=-3.5"]);
+        assert_eq!(
+            decode(&mut d, "CO2 415 ppm T -3.5").expect("data"),
+            ["co2=415", "t=-3.5"]
+        );
         assert_eq!(decode(&mut d, "CO2 416 ppm").expect("data"), ["co2=416"]);
         assert_eq!(decode(&mut d, "O2 20.9 %"), Err(FrameError::Unmatched));
     }

@@ -259,7 +259,11 @@ mod tests {
         let mut f = Framer::delimited(b"\x02", b"\x03", 16);
         let got = run(
             &mut f,
-            &[b"noise\x02T=1", b"\x03\r\n\x02lost\x02H=2\x03\x02", b"P=3\x03"],
+            &[
+                b"noise\x02T=1",
+                b"\x03\r\n\x02lost\x02H=2\x03\x02",
+                b"P=3\x03",
+            ],
         );
         assert_eq!(
             got,

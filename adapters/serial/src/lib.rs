@@ -365,9 +365,7 @@ impl Station {
             return Ok(());
         }
         let line = match &cmd.action {
-            CommandAction::Send {
-                port: Some(p), ..
-            } => {
+            CommandAction::Send { port: Some(p), .. } => {
                 let msg = format!("a serial line has no port (got {p})");
                 cmd.reply(Err(CommandError::Unsupported(msg)));
                 return Ok(());

@@ -50,8 +50,11 @@ impl std::fmt::Display for NmeaError {
     }
 }
 
-/// The sentences read, with their fields: (name, native type, unit).
-const SENTENCES: &[(&str, &[(&str, FieldType, Option<&str>)])] = {
+/// A field of a sentence: name, native type, unit.
+type FieldSpec = (&'static str, FieldType, Option<&'static str>);
+
+/// The sentences read, with their fields.
+const SENTENCES: &[(&str, &[FieldSpec])] = {
     use FieldType::{Float as F, Int as I};
     const DEG: Option<&str> = Some("°");
     const MPS: Option<&str> = Some("m/s");
@@ -82,7 +85,11 @@ const SENTENCES: &[(&str, &[(&str, FieldType, Option<&str>)])] = {
         ("GLL", &[("latitude", F, DEG), ("longitude", F, DEG)]),
         (
             "VTG",
-            &[("course", F, DEG), ("course_magnetic", F, DEG), ("speed", F, MPS)],
+            &[
+                ("course", F, DEG),
+                ("course_magnetic", F, DEG),
+                ("speed", F, MPS),
+            ],
         ),
         ("HDT", &[("heading", F, DEG)]),
         (
@@ -274,10 +281,7 @@ impl<'a> Sentence<'_, 'a> {
                 continue;
             }
             let deg = degrees(t, max).ok_or_else(|| {
-                NmeaError::Malformed(format!(
-                    "{}: {field} `{t}` is not ddmm.mmm",
-                    self.sentence
-                ))
+                NmeaError::Malformed(format!("{}: {field} `{t}` is not ddmm.mmm", self.sentence))
             })?;
             let sign = match self.get(at + 1) {
                 h if h == neg => -1.0,
@@ -286,7 +290,11 @@ impl<'a> Sentence<'_, 'a> {
                     return Err(NmeaError::Malformed(format!(
                         "{}: {field} hemisphere `{h}` is not {}",
                         self.sentence,
-                        if field == "latitude" { "N or S" } else { "E or W" }
+                        if field == "latitude" {
+                            "N or S"
+                        } else {
+                            "E or W"
+                        }
                     )))
                 }
             };
@@ -358,7 +366,10 @@ impl<'a> Sentence<'_, 'a> {
         self.num(angle, 1, 1.0)?;
         if let Some(v) = self.number(3)? {
             let factor = speed_factor(self.get(4)).ok_or_else(|| {
-                NmeaError::Malformed(format!("MWV: speed unit `{}` is not K, M, N or S", self.get(4)))
+                NmeaError::Malformed(format!(
+                    "MWV: speed unit `{}` is not K, M, N or S",
+                    self.get(4)
+                ))
             })?;
             self.push(speed, Raw::Num(v * factor));
         }
@@ -471,7 +482,10 @@ mod tests {
     use super::*;
     use crate::fields::Key;
 
-    fn fields(line: &str) -> Result<Vec<(String, String, Option<&'static str>)>, NmeaError> {
+    /// Field id, value printed, invalid reason.
+    type Got = Vec<(String, String, Option<&'static str>)>;
+
+    fn fields(line: &str) -> Result<Got, NmeaError> {
         let mut out = Vec::new();
         parse(line, Checksum::Required, &mut out)?;
         Ok(out
@@ -490,7 +504,7 @@ mod tests {
             .collect())
     }
 
-    fn get<'r>(got: &'r [(String, String, Option<&'static str>)], id: &str) -> &'r str {
+    fn get<'r>(got: &'r Got, id: &str) -> &'r str {
         &got.iter()
             .find(|(i, _, _)| i == id)
             .unwrap_or_else(|| panic!("no {id} in {got:?}"))
@@ -514,10 +528,8 @@ mod tests {
         assert_eq!(get(&got, "GGA.geoid_separation"), "46.900000");
         assert!(got.iter().all(|(_, _, invalid)| invalid.is_none()));
 
-        let got = fields(
-            "$GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W*6A",
-        )
-        .expect("valid RMC");
+        let got = fields("$GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W*6A")
+            .expect("valid RMC");
         assert_eq!(get(&got, "RMC.latitude"), "48.117300");
         // 22.4 kn = 22.4 * 1852 / 3600 m/s
         assert_eq!(get(&got, "RMC.speed"), "11.523556");
@@ -542,7 +554,10 @@ mod tests {
     fn weather_sentences() {
         let got = fields("$WIMWV,214.8,R,0.1,K,A*28").expect("valid MWV");
         assert_eq!(get(&got, "MWV.wind_angle_relative"), "214.800000");
-        assert_eq!(get(&got, "MWV.wind_speed_relative"), format!("{:.6}", 0.1 / 3.6));
+        assert_eq!(
+            get(&got, "MWV.wind_speed_relative"),
+            format!("{:.6}", 0.1 / 3.6)
+        );
         let got = fields(&with_checksum(
             "WIMDA,30.2269,I,1.0236,B,17.7,C,,,43.3,,5.0,C,131.5,T,,,0.3,N,0.2,M",
         ))
@@ -575,16 +590,17 @@ mod tests {
             Err(NmeaError::MissingChecksum)
         );
         let mut out = Vec::new();
-        parse(
-            "$GPHDT,274.07,T",
-            Checksum::Optional,
-            &mut out,
-        )
-        .expect("checksum optional");
+        parse("$GPHDT,274.07,T", Checksum::Optional, &mut out).expect("checksum optional");
         assert_eq!(out.len(), 1);
         assert_eq!(fields("GPGGA,1*00"), Err(NmeaError::NotASentence));
-        assert_eq!(fields(&with_checksum("GPGSV,3,1,11")), Err(NmeaError::Unsupported));
-        assert_eq!(fields(&with_checksum("PGRME,15.0,M")), Err(NmeaError::Unsupported));
+        assert_eq!(
+            fields(&with_checksum("GPGSV,3,1,11")),
+            Err(NmeaError::Unsupported)
+        );
+        assert_eq!(
+            fields(&with_checksum("PGRME,15.0,M")),
+            Err(NmeaError::Unsupported)
+        );
         assert!(matches!(
             fields(&with_checksum("GPGGA,1,48x7.0,N,01131.000,E,1,08")),
             Err(NmeaError::Malformed(_))
@@ -597,10 +613,20 @@ mod tests {
             fields(&with_checksum("GPHDT,inf,T")),
             Err(NmeaError::Malformed(_))
         ));
-        let got = fields(&with_checksum("GPRMC,1,V,4807.038,N,01131.000,E,0,0,230394,,"))
-            .expect("a void RMC still parses");
+        let got = fields(&with_checksum(
+            "GPRMC,1,V,4807.038,N,01131.000,E,0,0,230394,,",
+        ))
+        .expect("a void RMC still parses");
         assert!(got.iter().all(|(_, _, invalid)| invalid.is_some()));
-        for junk in ["$", "$*", "$,,,*", "$GP\u{e9}GA*00", "$GPGGA*zz", "$GPGGA,*1", "*"] {
+        for junk in [
+            "$",
+            "$*",
+            "$,,,*",
+            "$GP\u{e9}GA*00",
+            "$GPGGA*zz",
+            "$GPGGA,*1",
+            "*",
+        ] {
             let _ = fields(junk);
         }
     }
