@@ -24,6 +24,7 @@ fn every_example_config_passes_check() {
             .args(["check", "-c", path.to_str().expect("utf-8 path")])
             .env("MQTT_PASSWORD", "example")
             .env("HISTORIAN_TOKEN", "example")
+            .env("FLEET_API_TOKEN", "example")
             .env(
                 "AZURE_IOT_DEVICE_KEY",
                 "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",

@@ -123,6 +123,13 @@ impl Parts {
                                 .map(|a| Box::new(a) as Box<dyn Adapter>)
                         })
                     }
+                    AdapterConfig::Serial(c) => {
+                        let c = c.clone();
+                        Box::new(move || {
+                            fieldgate_serial::Serial::new(&c)
+                                .map(|a| Box::new(a) as Box<dyn Adapter>)
+                        })
+                    }
                 };
                 (a.id.clone(), factory)
             })

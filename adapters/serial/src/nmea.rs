@@ -470,7 +470,7 @@ fn xdr_unit(kind: &str, unit: &str) -> Option<&'static str> {
         ("I", "A") => "A",
         ("F", "H") => "Hz",
         ("T", "R") => "rpm",
-        ("D", "M") | ("V", "M") => "m",
+        ("D", "M") => "m",
         ("L", "S") => "ppt",
         ("N", "N") => "N",
         _ => return None,

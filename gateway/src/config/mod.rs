@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fieldgate_modbus::ModbusConfig;
+use fieldgate_serial::SerialConfig;
 use fieldgate_simulator::SimulatorConfig;
 use figment::value::Value;
 use serde::Deserialize;
@@ -210,17 +211,20 @@ pub enum AdapterConfig {
     Simulator(SimulatorConfig),
     /// `type = "modbus"`.
     Modbus(ModbusConfig),
+    /// `type = "serial"`.
+    Serial(SerialConfig),
 }
 
 impl AdapterConfig {
     /// Every value of `type`.
-    pub const TYPES: &'static [&'static str] = &["simulator", "modbus"];
+    pub const TYPES: &'static [&'static str] = &["simulator", "modbus", "serial"];
 
     /// The `type` string.
     pub fn type_name(&self) -> &'static str {
         match self {
             AdapterConfig::Simulator(_) => "simulator",
             AdapterConfig::Modbus(_) => "modbus",
+            AdapterConfig::Serial(_) => "serial",
         }
     }
 }
@@ -751,6 +755,13 @@ fn adapter(c: &mut Collector, entry: &Value, at: &KeyPath, base: &Path) -> Optio
                 return None;
             }
             AdapterConfig::Modbus(cfg)
+        }
+        "serial" => {
+            let cfg: SerialConfig = c.extract_with(&rest, at, ADAPTER_KEYS)?;
+            if !c.push_all(at, cfg.validate()) {
+                return None;
+            }
+            AdapterConfig::Serial(cfg)
         }
         _ => return None,
     };
