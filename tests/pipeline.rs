@@ -225,3 +225,51 @@ fn water_tank_demo_reads_three_modbus_tanks_over_rtu() {
     );
     assert!(stdout.contains(" readings committed, 0 lost."), "{stdout}");
 }
+
+/// `config/weather-station.toml`, unchanged but for its port and broker, against a simulated
+/// NMEA weather station on a pseudo-terminal: every field of every sentence becomes a point
+/// in its own unit and arrives through the broker.
+#[test]
+fn weather_station_demo_reads_nmea_over_a_serial_port() {
+    let out = fieldgate()
+        .args(["demo", "--site", "weather-station", "--duration", "4s"])
+        .output()
+        .expect("demo runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut points = std::collections::BTreeSet::new();
+    for line in stdout.lines() {
+        if let Some((_, rest)) = line.split_once("weather/mast-07-wx/") {
+            if let Some((point, _)) = rest.split_once(" = ") {
+                points.insert(point.to_string());
+            }
+        }
+    }
+    assert_eq!(points.len(), 29, "{points:?}\n{stdout}");
+    for (point, unit) in [
+        ("pressure", "hPa"),
+        ("air_temperature", "°C"),
+        ("humidity", "%"),
+        ("wind_speed_true", "m/s"),
+        ("wind_angle_relative", "°"),
+        ("AirTemp", "°C"),
+        ("Battery", "V"),
+        ("altitude", "m"),
+        ("heading", "°"),
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(&format!("weather/mast-07-wx/{point} = ")))
+            .unwrap_or_else(|| panic!("no {point} in:\n{stdout}"));
+        assert!(line.contains(&format!(" {unit}   [mqtt")), "{line}");
+    }
+    assert!(
+        !stdout.contains("(stale:") && !stdout.contains("(bad:"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(" readings committed, 0 lost."), "{stdout}");
+}

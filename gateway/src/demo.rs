@@ -18,11 +18,14 @@ use crate::config::{Config, ConfigErrors};
 use crate::pipeline::{self, PipelineError};
 use crate::uplink::mqtt::parse_url;
 use fieldgate_modbus::sim::{water_tank, PtyBus, SimServer};
+use fieldgate_serial::sim::{spawn_weather_station, VirtualPort};
 
 /// The demo site, as shipped in `config/demo.toml`.
 pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
 /// The water-tank example, as shipped in `config/water-tank.toml`.
 pub const WATER_TANK_CONFIG: &str = include_str!("../../config/water-tank.toml");
+/// The weather-station example, as shipped in `config/weather-station.toml`.
+pub const WEATHER_STATION_CONFIG: &str = include_str!("../../config/weather-station.toml");
 
 /// Which site the demo runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -34,6 +37,9 @@ pub enum Site {
     /// `config/water-tank.toml` unchanged but for its serial port and broker: three simulated
     /// Modbus RTU tanks on a pseudo-terminal.
     WaterTank,
+    /// `config/weather-station.toml` unchanged but for its serial port and broker: a
+    /// simulated NMEA weather station on a pseudo-terminal.
+    WeatherStation,
 }
 
 impl Site {
@@ -41,6 +47,7 @@ impl Site {
         match self {
             Site::PumpStation => ("demo.toml", DEMO_CONFIG),
             Site::WaterTank => ("water-tank.toml", WATER_TANK_CONFIG),
+            Site::WeatherStation => ("weather-station.toml", WEATHER_STATION_CONFIG),
         }
     }
 
@@ -49,6 +56,7 @@ impl Site {
         match self {
             Site::PumpStation => format!("fieldgate/{gateway}/#"),
             Site::WaterTank => format!("water/{gateway}/#"),
+            Site::WeatherStation => format!("weather/{gateway}/#"),
         }
     }
 }
@@ -76,7 +84,7 @@ pub fn config(dir: &Path, broker_url: &str) -> Result<Config, ConfigErrors> {
 }
 
 /// The config of `site` with its state under `dir`, publishing to `broker_url`; `serial` is
-/// the port of the water tanks' simulated bus.
+/// the port of the site's simulated serial devices.
 pub fn site_config(
     site: Site,
     dir: &Path,
@@ -98,7 +106,7 @@ pub fn site_config(
             "FIELDGATE_UPLINKS__1__PATH".to_string(),
             dir.join("readings.jsonl").display().to_string(),
         )),
-        Site::WaterTank => {
+        Site::WaterTank | Site::WeatherStation => {
             env.push((
                 "FIELDGATE_ADAPTERS__0__PORT".to_string(),
                 serial.unwrap_or("/dev/null").to_string(),
@@ -109,6 +117,23 @@ pub fn site_config(
     }
     let (name, text) = site.text();
     Config::from_toml(&dir.join(name), text, &env)
+}
+
+/// The simulated devices a site's demo runs; held until the pipeline stopped, they stop
+/// when dropped.
+#[derive(Default)]
+struct SimDevices {
+    _tanks: Option<TankBus>,
+    _station: Option<AbortOnDrop>,
+}
+
+/// A task aborted when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Three simulated tanks (units 1-3) on a pseudo-terminal; stops when dropped.
@@ -159,15 +184,35 @@ pub async fn run(
             (Some(b), url)
         }
     };
-    let tanks = match site {
-        Site::WaterTank => Some(TankBus::start()?),
-        Site::PumpStation => None,
+    let (devices, serial) = match site {
+        Site::WaterTank => {
+            let tanks = TankBus::start()?;
+            let path = tanks.bus.path().to_string();
+            let devices = SimDevices {
+                _tanks: Some(tanks),
+                ..SimDevices::default()
+            };
+            (devices, Some(path))
+        }
+        Site::WeatherStation => {
+            let port = VirtualPort::new(dir.path().join("ttyWX"))?;
+            let path = port.path().display().to_string();
+            let station = spawn_weather_station(port, Duration::from_secs(2));
+            let devices = SimDevices {
+                _station: Some(AbortOnDrop(station)),
+                ..SimDevices::default()
+            };
+            (devices, Some(path))
+        }
+        Site::PumpStation => (SimDevices::default(), None),
     };
-    let serial = tanks.as_ref().map(|t| t.bus.path().to_string());
     let config = site_config(site, dir.path(), &url, serial.as_deref())?;
     let what = match (site, &serial) {
         (Site::WaterTank, Some(path)) => {
             format!("three Modbus RTU tanks on {path} (config/water-tank.toml)")
+        }
+        (Site::WeatherStation, Some(path)) => {
+            format!("an NMEA weather station on {path} (config/weather-station.toml)")
         }
         _ => "simulated pump station (config/demo.toml)".to_string(),
     };
@@ -225,6 +270,7 @@ pub async fn run(
         }
     }
     let report = running.stop().await?;
+    drop(devices);
     // Let the last messages reach the subscriber before it goes.
     tokio::time::sleep(Duration::from_millis(200)).await;
     if let Some(s) = subscriber {

@@ -47,8 +47,10 @@ enum Command {
         /// Publish to this broker instead of the embedded one, like mqtt://localhost:1883.
         #[arg(long)]
         broker: Option<String>,
-        /// The site: "pump-station" (config/demo.toml, simulated devices) or "water-tank"
-        /// (config/water-tank.toml: three Modbus RTU tanks simulated on a pseudo-terminal).
+        /// The site: "pump-station" (config/demo.toml, simulated devices), "water-tank"
+        /// (config/water-tank.toml: three Modbus RTU tanks simulated on a pseudo-terminal) or
+        /// "weather-station" (config/weather-station.toml: an NMEA weather station simulated
+        /// on a pseudo-terminal).
         #[arg(long, value_enum, default_value = "pump-station")]
         site: DemoSite,
     },
@@ -107,6 +109,8 @@ enum DemoSite {
     PumpStation,
     /// config/water-tank.toml: three Modbus RTU tanks simulated on a pseudo-terminal.
     WaterTank,
+    /// config/weather-station.toml: an NMEA weather station simulated on a pseudo-terminal.
+    WeatherStation,
 }
 
 #[derive(Debug, Subcommand)]
@@ -271,6 +275,7 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
                 let site = match site {
                     DemoSite::PumpStation => demo::Site::PumpStation,
                     DemoSite::WaterTank => demo::Site::WaterTank,
+                    DemoSite::WeatherStation => demo::Site::WeatherStation,
                 };
                 demo::run(site, duration, broker, signals()?).await?;
                 anyhow::Ok(ExitCode::SUCCESS)
