@@ -73,17 +73,22 @@ enum Command {
         skip_pipeline: bool,
         /// Measure the MQTT uplink against this broker instead (e.g. a local Mosquitto at
         /// mqtt://127.0.0.1:1883), beside a bare rumqttc publisher.
-        #[arg(long, conflicts_with_all = ["modbus", "https"])]
+        #[arg(long, conflicts_with_all = ["modbus", "https", "serial"])]
         mqtt: Option<String>,
         /// Measure the HTTPS uplink instead, against an HTTPS ingest server started in this
         /// process, beside a bare reqwest client posting the same bodies.
-        #[arg(long, conflicts_with = "modbus")]
+        #[arg(long, conflicts_with_all = ["modbus", "serial"])]
         https: bool,
         /// Measure the Modbus adapter instead: scans of --points holding registers on a
         /// loopback Modbus TCP server (requests per scan, coalesced and not), then points/s
         /// into the queue.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "serial")]
         modbus: bool,
+        /// Measure the serial adapter instead: a weather station's NMEA sentences decoded in
+        /// memory, then through a pseudo-terminal into the queue, paced at 115200 baud and
+        /// unthrottled (lines/s).
+        #[arg(long)]
+        serial: bool,
         /// Holding registers for --modbus.
         #[arg(long, default_value_t = 10_000)]
         points: u16,
@@ -291,6 +296,7 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
             mqtt,
             https,
             modbus,
+            serial,
             points,
         } => {
             init_logging(
@@ -335,6 +341,9 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
                     opts.readings,
                     opts.batch,
                 ))?,
+                None if serial => {
+                    rt.block_on(bench::run_serial(&opts.dir, opts.readings, opts.batch))?
+                }
                 None => rt.block_on(bench::run(&opts))?,
             };
             print!("{}", bench::render(&report));

@@ -27,9 +27,11 @@ use crate::uplink::{FileUplink, Filter, ForwarderOptions, Uplink};
 mod https;
 mod modbus;
 mod mqtt;
+mod serial;
 pub use https::run as run_https;
 pub use modbus::run as run_modbus;
 pub use mqtt::run as run_mqtt;
+pub use serial::run as run_serial;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -624,5 +626,26 @@ mod tests {
             ]
         );
         assert!(report.phases[2].readings >= 5000, "{:?}", report.phases[2]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_serial_bench_counts_every_reading_of_every_line() {
+        let target = concat!(env!("CARGO_MANIFEST_DIR"), "/../target");
+        std::fs::create_dir_all(target).expect("target dir");
+        let dir = tempfile::tempdir_in(target).expect("tempdir");
+        let report = run_serial(dir.path(), 29 * 300, 1000)
+            .await
+            .expect("bench runs");
+        let names: Vec<_> = report.phases.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(names[0].starts_with("serial decode only: "), "{names:?}");
+        assert!(names[1].starts_with("serial pty 115200 baud: "), "{names:?}");
+        assert!(names[2].starts_with("serial pty unthrottled: "), "{names:?}");
+        // Whole cycles of 29 readings: 300 decoded in memory, 300 through the pty.
+        assert_eq!(report.phases[0].readings, 29 * 300);
+        assert_eq!(report.phases[2].readings, 29 * 300);
+        // 4 s at 11,520 bytes/s is about 780 lines of ~59 bytes: 110 cycles, 3,190 readings.
+        let paced = report.phases[1].readings;
+        assert!((2000..=4000).contains(&paced), "{paced} readings at 115200 baud");
     }
 }
