@@ -1,7 +1,8 @@
 //! The real binary against a real HTTPS server in this process (hyper + rustls, certificates
 //! made for the test): delivery with a bearer token and gzip, mutual TLS, 500 and 429 with
 //! `Retry-After`, a 400 dead-lettered and requeued, a wrong CA, lost responses and an outage
-//! de-duplicated by idempotency key, and an HTTPS uplink down beside a working MQTT one.
+//! de-duplicated by idempotency key, an HTTPS uplink down beside a working MQTT one, and the
+//! GPS-tracker example end to end from a (pseudo-)serial receiver.
 
 mod common;
 
@@ -445,4 +446,109 @@ fn with_two_uplinks_one_down_the_other_keeps_delivering_and_the_slow_one_catches
         "the https uplink carries p1 only"
     );
     assert!(got.values().all(|&c| c == 1));
+}
+
+/// `config/gps-tracker.toml`, unchanged but for its port, endpoint and state directory: a
+/// GPS receiver on a (pseudo-)serial port, its fixes picked, renamed and scaled, posted to an
+/// HTTPS endpoint with the bearer token from the environment; the receiver unplugged (its
+/// last fix goes out stale) and plugged back in (fixes resume, no restart).
+#[test]
+fn gps_tracker_example_posts_serial_fixes_over_https_across_an_unplug() {
+    use fieldgate_serial::sim::{nmea_sentence, VirtualPort};
+    let env = Env::new();
+    let server = env.server(IngestOptions {
+        tls: true,
+        bearer: Some("fleet-token".into()),
+        ..IngestOptions::default()
+    });
+    let ca = env.ca_file(&server);
+    let mut gps = {
+        let _rt = env.rt.enter();
+        VirtualPort::new(env.dir.path().join("u-blox")).expect("pty")
+    };
+    let cfg = common::repo().join("config/gps-tracker.toml");
+    let (url, ca) = (
+        format!("\"{}\"", server.url()),
+        format!("\"{}\"", ca.display()),
+    );
+    let dir = env.dir.path().display().to_string();
+    let port = gps.path().display().to_string();
+    let gw = start_with_env(
+        &cfg,
+        &[
+            ("FIELDGATE_GATEWAY__DATA_DIR", dir.as_str()),
+            ("FIELDGATE_ADAPTERS__0__PORT", port.as_str()),
+            ("FIELDGATE_UPLINKS__0__URL", url.as_str()),
+            ("FIELDGATE_UPLINKS__0__CA_FILE", ca.as_str()),
+            ("FLEET_API_TOKEN", "fleet-token"),
+        ],
+    );
+    // The classic reference fix (48°07.038' N, 11°31.000' E, 8 satellites, HDOP 0.9, 545.4 m;
+    // 22.4 knots on a track of 84.4°), with sentences the config does not map around it.
+    let fix = [
+        "$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47\r\n".to_string(),
+        nmea_sentence("GPGSV,3,1,11,03,03,111,00,04,15,270,00,06,01,010,00,13,06,292,00"),
+        "$GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W*6A\r\n".to_string(),
+        "$GPVTG,054.7,T,034.4,M,005.5,N,010.2,K*48\r\n".to_string(),
+    ];
+    // The gateway opens the port when it starts; until then the terminal buffers the fix.
+    env.rt
+        .block_on(gps.write(fix.concat().as_bytes()))
+        .expect("write");
+    let readings = |quality: &str| -> BTreeMap<String, serde_json::Value> {
+        let mut out = BTreeMap::new();
+        for b in server.batches() {
+            let body = b.body.expect("recorded");
+            for r in body["readings"].as_array().expect("readings") {
+                if r["quality"] == quality {
+                    assert_eq!(r["device"], "van-0042");
+                    let point = r["point"].as_str().expect("point").to_string();
+                    out.insert(point, r["value"].clone());
+                }
+            }
+        }
+        out
+    };
+    let points = [
+        "alt",
+        "hdop",
+        "heading",
+        "lat",
+        "lon",
+        "satellites",
+        "speed_kmh",
+    ];
+    wait_for("the first fix at the endpoint", 30, || {
+        readings("good").len() == 7
+    });
+    let good = readings("good");
+    assert_eq!(good.keys().map(String::as_str).collect::<Vec<_>>(), points);
+    let f = |p: &str| good[p].as_f64().expect("a number");
+    assert!((f("lat") - 48.1173).abs() < 1e-9, "{good:?}");
+    assert!((f("lon") - (11.0 + 31.0 / 60.0)).abs() < 1e-9, "{good:?}");
+    assert!((f("speed_kmh") - 22.4 * 1.852).abs() < 1e-9, "{good:?}");
+    assert_eq!(good["satellites"], 8);
+    assert_eq!((f("alt"), f("hdop"), f("heading")), (545.4, 0.9, 84.4));
+
+    gps.unplug();
+    wait_for("the last fix again, stale", 30, || {
+        readings("stale").len() == 7
+    });
+    {
+        let _rt = env.rt.enter();
+        gps.plug().expect("replug");
+    }
+    let moved = "$GPGGA,123520,4807.100,N,01131.000,E,1,09,0.8,546.0,M,46.9,M,,";
+    env.rt
+        .block_on(gps.write(nmea_sentence(&moved[1..]).as_bytes()))
+        .expect("write");
+    wait_for("a fix after the replug", 30, || {
+        readings("good").get("satellites") == Some(&serde_json::json!(9))
+    });
+    let logs = stop(gw);
+    assert!(logs.contains("serial port lost"), "{logs}");
+    assert!(
+        !logs.contains("fleet-token"),
+        "the token never reaches the log"
+    );
 }

@@ -639,13 +639,22 @@ mod tests {
         let names: Vec<_> = report.phases.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names.len(), 3, "{names:?}");
         assert!(names[0].starts_with("serial decode only: "), "{names:?}");
-        assert!(names[1].starts_with("serial pty 115200 baud: "), "{names:?}");
-        assert!(names[2].starts_with("serial pty unthrottled: "), "{names:?}");
+        assert!(
+            names[1].starts_with("serial pty 115200 baud: "),
+            "{names:?}"
+        );
+        assert!(
+            names[2].starts_with("serial pty unthrottled: "),
+            "{names:?}"
+        );
         // Whole cycles of 29 readings: 300 decoded in memory, 300 through the pty.
         assert_eq!(report.phases[0].readings, 29 * 300);
         assert_eq!(report.phases[2].readings, 29 * 300);
         // 4 s at 11,520 bytes/s is about 780 lines of ~59 bytes: 110 cycles, 3,190 readings.
         let paced = report.phases[1].readings;
-        assert!((2000..=4000).contains(&paced), "{paced} readings at 115200 baud");
+        assert!(
+            (2000..=4000).contains(&paced),
+            "{paced} readings at 115200 baud"
+        );
     }
 }
