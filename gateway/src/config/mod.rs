@@ -211,8 +211,8 @@ pub enum AdapterConfig {
     Simulator(SimulatorConfig),
     /// `type = "modbus"`.
     Modbus(ModbusConfig),
-    /// `type = "serial"`.
-    Serial(SerialConfig),
+    /// `type = "serial"` (boxed: its section is several times larger than the others).
+    Serial(Box<SerialConfig>),
 }
 
 impl AdapterConfig {
@@ -761,7 +761,7 @@ fn adapter(c: &mut Collector, entry: &Value, at: &KeyPath, base: &Path) -> Optio
             if !c.push_all(at, cfg.validate()) {
                 return None;
             }
-            AdapterConfig::Serial(cfg)
+            AdapterConfig::Serial(Box::new(cfg))
         }
         _ => return None,
     };
