@@ -241,13 +241,24 @@ impl Decoder {
             for p in parsed.drain(..) {
                 let target = match &p.key {
                     Key::Index(i) => self.columns.get(*i).and_then(Option::as_ref),
-                    Key::Name(name) => {
-                        if self.auto {
-                            Some(auto_target(&mut self.auto_targets, name, p.unit))
-                        } else {
-                            self.named.get(name.as_ref())
+                    Key::Name(name) if self.auto => {
+                        match auto_target(&mut self.auto_targets, name, p.unit) {
+                            Some(t) => Some(t),
+                            None => {
+                                out.push(Decoded {
+                                    point: Name::from(name.as_ref()),
+                                    value: Err(format!(
+                                        "more than {MAX_AUTO_POINTS} distinct fields seen; \
+                                         name the ones to keep in [[adapters.fields]]"
+                                    )),
+                                    unit: None,
+                                    invalid: None,
+                                });
+                                None
+                            }
                         }
                     }
+                    Key::Name(name) => self.named.get(name.as_ref()),
                 };
                 if let Some(t) = target {
                     out.push(Decoded {
@@ -369,12 +380,19 @@ fn unquote(s: &str) -> &str {
         .unwrap_or(t)
 }
 
+/// The most points one adapter makes up from field names when `fields` is empty: line noise
+/// that happens to look like `key=value` must not grow memory for ever.
+pub const MAX_AUTO_POINTS: usize = 1000;
+
 fn auto_target<'t>(
     cache: &'t mut HashMap<String, Target>,
     id: &str,
     unit: Option<&'static str>,
-) -> &'t Target {
+) -> Option<&'t Target> {
     if !cache.contains_key(id) {
+        if cache.len() >= MAX_AUTO_POINTS {
+            return None;
+        }
         let point = id.split_once('.').map_or(id, |(_, f)| f);
         let native = nmea::field_info(id).map(|(t, _)| t);
         cache.insert(
@@ -388,7 +406,7 @@ fn auto_target<'t>(
             },
         );
     }
-    &cache[id]
+    cache.get(id)
 }
 
 impl Target {
@@ -590,6 +608,17 @@ mod tests {
             ["T=21.5", "H=40", "STATUS=\"OK\"", "p=1013.2"]
         );
         assert_eq!(decode(&mut d, "no pairs here"), Err(FrameError::Unmatched));
+        // Made-up keys stop becoming points at the cap; known ones keep working.
+        for i in 0..MAX_AUTO_POINTS {
+            decode(&mut d, &format!("k{i}=1")).expect("data");
+        }
+        let over = decode(&mut d, "noise=1 T=20").expect("data");
+        assert_eq!(over.len(), 2, "{over:?}");
+        assert!(
+            over[0].starts_with("noise=error: more than 1000 distinct fields"),
+            "{over:?}"
+        );
+        assert_eq!(over[1], "T=20");
         let c = config(
             "port = \"/dev/null\"\nformat = \"kv\"\nassign = \":\"\n[[fields]]\nfield = \"T\"\npoint = \"temp\"\nunit = \"°C\"",
         );
@@ -652,5 +681,56 @@ mod tests {
         assert_eq!(got[0], "satellites=8i");
         assert!(got[1].starts_with("alt_ft=1789.37"), "{got:?}");
         assert!(got[1].ends_with(" ft"), "{got:?}");
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decoder(toml: &str) -> Decoder {
+        use figment::providers::{Format as _, Toml};
+        let c: SerialConfig = figment::Figment::from(Toml::string(toml))
+            .extract()
+            .expect("valid toml");
+        Decoder::new(&c).expect("decoder")
+    }
+
+    proptest! {
+        // No frame, however mangled, panics a decoder; every NMEA field keeps its bounds.
+        #[test]
+        fn any_text_decodes_without_panicking(
+            frame in "[$*,.A-Z0-9a-z=;:\"é -]{0,120}",
+            sentence in prop_oneof![Just("GPGGA"), Just("GPRMC"), Just("WIMDA"), Just("WIXDR"),
+                Just("WIMWV"), Just("GPVTG"), Just("GPGLL"), Just("HCHDT")],
+            fields in proptest::collection::vec("[0-9.NSEWAVRTKMNC-]{0,9}", 0..22),
+        ) {
+            let mut out = Vec::new();
+            let body = format!("{sentence},{}", fields.join(","));
+            let sum = body.bytes().fold(0u8, |a, b| a ^ b);
+            let nmea = format!("${body}*{sum:02X}");
+            let mut d = decoder("port = \"/dev/null\"\nformat = \"nmea\"\nchecksum = \"optional\"");
+            for text in [frame.as_str(), nmea.as_str()] {
+                let _ = d.decode(text, &mut out);
+            }
+            for r in &out {
+                if let (Ok(Value::F64(v)), "latitude" | "longitude") = (&r.value, r.point.as_str()) {
+                    prop_assert!(v.abs() <= 180.0, "{r:?}");
+                }
+                if let Ok(Value::F64(v)) = &r.value {
+                    prop_assert!(v.is_finite());
+                }
+            }
+            for toml in [
+                "port = \"/dev/null\"\nformat = \"kv\"",
+                "port = \"/dev/null\"\nformat = \"csv\"\nheader = true\n[[fields]]\nfield = \"a\"\n[[fields]]\nindex = 3\npoint = \"x\"",
+                "port = \"/dev/null\"\nformat = \"regex\"\npattern = '(?P<a>[0-9]+)[=:](?P<b>.*)'",
+            ] {
+                let mut d = decoder(toml);
+                let _ = d.decode(&frame, &mut out);
+                let _ = d.decode(&frame, &mut out);
+            }
+        }
     }
 }

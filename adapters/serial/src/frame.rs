@@ -172,12 +172,20 @@ impl Framer {
                     self.inside = false;
                 }
                 None => {
-                    if self.buf.len() - pos > self.max + end.len() {
+                    // A start marker inside means the frame before it lost its end: the
+                    // frame so far begins after the last one.
+                    if let Some(s) = rfind(&self.buf[pos..], start) {
+                        on(Event::Stray(s + start.len()));
+                        pos += s + start.len();
+                    }
+                    if self.buf.len() - pos > self.max + end.len() - 1 {
                         on(Event::Oversized);
                         self.inside = false;
-                        // The rest of this frame is stray until the next start marker.
+                        // The rest of this frame is stray until the next start marker; keep
+                        // what could be the beginning of one.
                         self.discarding = true;
-                        self.buf.clear();
+                        let keep = start.len() - 1;
+                        self.buf.drain(..self.buf.len() - keep);
                     } else {
                         self.buf.drain(..pos);
                     }
@@ -271,5 +279,85 @@ mod tests {
         );
         let got = run(&mut f, &[b"\x02", &[b'z'; 40], b"\x03\x02ok\x03"]);
         assert_eq!(got, ["<oversized>", "ok"]);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn events(framer: &mut Framer, chunks: &[Vec<u8>]) -> Vec<String> {
+        let mut out = Vec::new();
+        for c in chunks {
+            framer.push(c, |e| out.push(format!("{e:?}")));
+        }
+        out
+    }
+
+    /// Cuts `bytes` at the given points.
+    fn chunked(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut out = Vec::new();
+        let mut at = 0;
+        for c in cuts {
+            out.push(bytes[at..c].to_vec());
+            at = c;
+        }
+        out.push(bytes[at..].to_vec());
+        out
+    }
+
+    /// Input made mostly of the bytes that matter to a framer.
+    fn stream() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just(b'\n'),
+                Just(b'\r'),
+                Just(0x02u8),
+                Just(0x03u8),
+                Just(b'a'),
+                Just(b'='),
+                any::<u8>()
+            ],
+            0..300,
+        )
+    }
+
+    proptest! {
+        // However the port's reads cut the stream, the same frames come out, none longer
+        // than the maximum, and the buffer stays bounded.
+        #[test]
+        fn line_frames_do_not_depend_on_read_boundaries(
+            bytes in stream(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+            crlf in any::<bool>(),
+        ) {
+            let term: &[u8] = if crlf { b"\r\n" } else { b"\n" };
+            let whole = events(&mut Framer::lines(term, 16), &[bytes.clone()]);
+            let mut framer = Framer::lines(term, 16);
+            let pieces = events(&mut framer, &chunked(&bytes, &cuts));
+            prop_assert_eq!(&whole, &pieces);
+            prop_assert!(framer.buf.len() <= 16 + term.len());
+            for e in &whole {
+                prop_assert!(e.len() <= "Frame([])".len() + 16 * 5, "{}", e);
+            }
+        }
+
+        #[test]
+        fn delimited_frames_do_not_depend_on_read_boundaries(
+            bytes in stream(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let frames = |evs: Vec<String>| -> Vec<String> {
+                evs.into_iter().filter(|e| e.starts_with("Frame")).collect()
+            };
+            let whole = events(&mut Framer::delimited(b"\x02", b"\x03", 16), &[bytes.clone()]);
+            let mut framer = Framer::delimited(b"\x02", b"\x03", 16);
+            let pieces = events(&mut framer, &chunked(&bytes, &cuts));
+            prop_assert_eq!(frames(whole), frames(pieces));
+            prop_assert!(framer.buf.len() <= 16 + 2);
+        }
     }
 }
