@@ -335,7 +335,7 @@ mod properties {
             crlf in any::<bool>(),
         ) {
             let term: &[u8] = if crlf { b"\r\n" } else { b"\n" };
-            let whole = events(&mut Framer::lines(term, 16), &[bytes.clone()]);
+            let whole = events(&mut Framer::lines(term, 16), std::slice::from_ref(&bytes));
             let mut framer = Framer::lines(term, 16);
             let pieces = events(&mut framer, &chunked(&bytes, &cuts));
             prop_assert_eq!(&whole, &pieces);
@@ -353,7 +353,7 @@ mod properties {
             let frames = |evs: Vec<String>| -> Vec<String> {
                 evs.into_iter().filter(|e| e.starts_with("Frame")).collect()
             };
-            let whole = events(&mut Framer::delimited(b"\x02", b"\x03", 16), &[bytes.clone()]);
+            let whole = events(&mut Framer::delimited(b"\x02", b"\x03", 16), std::slice::from_ref(&bytes));
             let mut framer = Framer::delimited(b"\x02", b"\x03", 16);
             let pieces = events(&mut framer, &chunked(&bytes, &cuts));
             prop_assert_eq!(frames(whole), frames(pieces));
