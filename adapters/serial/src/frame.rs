@@ -7,8 +7,8 @@
 /// What the framer found in the bytes it was given.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
-    /// A complete frame, without its terminator or markers, `\r`/`\n` trimmed at both ends;
-    /// never empty.
+    /// A complete frame, without its terminator or markers, `\r`/`\n` trimmed at both ends
+    /// (blanks are kept); never empty.
     Frame(&'a [u8]),
     /// A frame longer than the maximum was discarded.
     Oversized,
@@ -32,25 +32,27 @@ pub struct Framer {
     discarding: bool,
     /// Delimited mode: a start marker was seen and `buf` holds the frame so far.
     inside: bool,
+    /// Delimited mode, inside a frame: how much of `buf` was searched for markers.
+    scanned: usize,
 }
 
 impl Framer {
-    /// Lines ending with `terminator` (not empty), at most `max` bytes.
+    /// Lines ending with `terminator` (`"\n"` if empty), at most `max` bytes.
     pub fn lines(terminator: &[u8], max: usize) -> Framer {
         Framer::new(
             Mode::Line {
-                terminator: terminator.to_vec(),
+                terminator: or_newline(terminator),
             },
             max,
         )
     }
 
-    /// Frames between `start` and `end` (neither empty), at most `max` bytes.
+    /// Frames between `start` and `end` (each `"\n"` if empty), at most `max` bytes.
     pub fn delimited(start: &[u8], end: &[u8], max: usize) -> Framer {
         Framer::new(
             Mode::Delimited {
-                start: start.to_vec(),
-                end: end.to_vec(),
+                start: or_newline(start),
+                end: or_newline(end),
             },
             max,
         )
@@ -63,6 +65,7 @@ impl Framer {
             buf: Vec::with_capacity(max.min(4096)),
             discarding: false,
             inside: false,
+            scanned: 0,
         }
     }
 
@@ -71,6 +74,7 @@ impl Framer {
         self.buf.clear();
         self.discarding = false;
         self.inside = false;
+        self.scanned = 0;
     }
 
     /// Feeds `bytes`; calls `on` for every event, in stream order.
@@ -125,16 +129,23 @@ impl Framer {
         bytes: &[u8],
         on: &mut impl FnMut(Event<'_>),
     ) {
-        // Simple and bounded: append, then consume what is complete.
+        // Append, then consume what is complete. Inside a frame, the bytes buffered by
+        // earlier calls were already searched (but for a marker's length of overlap): a long
+        // frame arriving a byte at a time costs linear time, not quadratic.
+        let overlap = start.len().max(end.len()) - 1;
+        let mut from = if self.inside {
+            self.scanned.saturating_sub(overlap)
+        } else {
+            0
+        };
         self.buf.extend_from_slice(bytes);
         let mut pos = 0;
         loop {
             if !self.inside {
                 match find(&self.buf[pos..], start) {
                     Some(at) => {
-                        let stray = at;
-                        if stray > 0 && !self.discarding {
-                            on(Event::Stray(stray));
+                        if at > 0 && !self.discarding {
+                            on(Event::Stray(at));
                         }
                         self.discarding = false;
                         pos += at + start.len();
@@ -148,35 +159,38 @@ impl Framer {
                             on(Event::Stray(stray));
                         }
                         self.buf.drain(..self.buf.len() - keep);
+                        self.scanned = 0;
                         return;
                     }
                 }
             }
-            match find(&self.buf[pos..], end) {
+            let search = pos.max(from);
+            match find(&self.buf[search..], end) {
                 Some(at) => {
-                    let frame = &self.buf[pos..pos + at];
+                    let end_at = search + at;
                     // A start marker inside means the previous frame lost its end.
-                    let frame = match rfind(frame, start) {
-                        Some(s) => {
-                            on(Event::Stray(s + start.len()));
-                            &frame[s + start.len()..]
-                        }
-                        None => frame,
-                    };
+                    if let Some(s) = after_last(&self.buf[search..end_at], start) {
+                        let restart = search + s;
+                        on(Event::Stray(restart - pos));
+                        pos = restart;
+                    }
+                    let frame = &self.buf[pos..end_at];
                     if frame.len() > self.max {
                         on(Event::Oversized);
                     } else {
                         emit(frame, on);
                     }
-                    pos += at + end.len();
+                    pos = end_at + end.len();
+                    from = 0;
                     self.inside = false;
                 }
                 None => {
                     // A start marker inside means the frame before it lost its end: the
                     // frame so far begins after the last one.
-                    if let Some(s) = rfind(&self.buf[pos..], start) {
-                        on(Event::Stray(s + start.len()));
-                        pos += s + start.len();
+                    if let Some(s) = after_last(&self.buf[search..], start) {
+                        let restart = search + s;
+                        on(Event::Stray(restart - pos));
+                        pos = restart;
                     }
                     if self.buf.len() - pos > self.max + end.len() - 1 {
                         on(Event::Oversized);
@@ -186,8 +200,10 @@ impl Framer {
                         self.discarding = true;
                         let keep = start.len() - 1;
                         self.buf.drain(..self.buf.len() - keep);
+                        self.scanned = 0;
                     } else {
                         self.buf.drain(..pos);
+                        self.scanned = self.buf.len();
                     }
                     return;
                 }
@@ -196,15 +212,21 @@ impl Framer {
     }
 }
 
+fn or_newline(marker: &[u8]) -> Vec<u8> {
+    if marker.is_empty() {
+        b"\n".to_vec()
+    } else {
+        marker.to_vec()
+    }
+}
+
+/// Emits `frame` with `\r` and `\n` trimmed at both ends, unless nothing is left. Blanks are
+/// kept: a leading tab is an empty first column to a tab-separated parser.
 fn emit(frame: &[u8], on: &mut impl FnMut(Event<'_>)) {
-    let trimmed = frame.trim_ascii_start();
-    let end = trimmed
-        .iter()
-        .rposition(|b| !matches!(b, b'\r' | b'\n' | b' ' | b'\t'))
-        .map_or(0, |i| i + 1);
-    let trimmed = &trimmed[..end];
-    if !trimmed.is_empty() {
-        on(Event::Frame(trimmed));
+    let first = frame.iter().position(|b| !matches!(b, b'\r' | b'\n'));
+    let last = frame.iter().rposition(|b| !matches!(b, b'\r' | b'\n'));
+    if let (Some(first), Some(last)) = (first, last) {
+        on(Event::Frame(&frame[first..=last]));
     }
 }
 
@@ -215,8 +237,16 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).rposition(|w| w == needle)
+/// Where the last occurrence of `needle` ends, scanning left to right without overlaps: the
+/// same answer however the bytes arrived (`"<<<"` holds one `"<<"`, the first two).
+fn after_last(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    let mut found = None;
+    while let Some(i) = find(&hay[at..], needle) {
+        at += i + needle.len();
+        found = Some(at);
+    }
+    found
 }
 
 #[cfg(test)]
@@ -317,6 +347,8 @@ mod properties {
                 Just(b'\r'),
                 Just(0x02u8),
                 Just(0x03u8),
+                Just(b'<'),
+                Just(b'>'),
                 Just(b'a'),
                 Just(b'='),
                 any::<u8>()
@@ -349,15 +381,21 @@ mod properties {
         fn delimited_frames_do_not_depend_on_read_boundaries(
             bytes in stream(),
             cuts in proptest::collection::vec(any::<usize>(), 0..8),
+            long_markers in any::<bool>(),
         ) {
+            let (start, end): (&[u8], &[u8]) =
+                if long_markers { (b"<<", b">>") } else { (b"\x02", b"\x03") };
             let frames = |evs: Vec<String>| -> Vec<String> {
                 evs.into_iter().filter(|e| e.starts_with("Frame")).collect()
             };
-            let whole = events(&mut Framer::delimited(b"\x02", b"\x03", 16), std::slice::from_ref(&bytes));
-            let mut framer = Framer::delimited(b"\x02", b"\x03", 16);
+            let whole = events(
+                &mut Framer::delimited(start, end, 16),
+                std::slice::from_ref(&bytes),
+            );
+            let mut framer = Framer::delimited(start, end, 16);
             let pieces = events(&mut framer, &chunked(&bytes, &cuts));
             prop_assert_eq!(frames(whole), frames(pieces));
-            prop_assert!(framer.buf.len() <= 16 + 2);
+            prop_assert!(framer.buf.len() <= 16 + 2 * end.len());
         }
     }
 }
