@@ -60,7 +60,7 @@ pub struct SerialConfig {
     /// Instruments that answer only when asked: send `request` every `interval`.
     #[serde(default)]
     pub poll: Option<PollConfig>,
-    /// When no frame was parsed for this long, the last values are reported again with stale
+    /// When no reading came for this long, the last values are reported again with stale
     /// quality and the port is reopened. Default: three poll intervals when polling, else
     /// never (set it to a few times the instrument's own period).
     #[serde(default, with = "fieldgate_adapter::duration::option")]
@@ -82,8 +82,11 @@ pub struct SerialConfig {
     /// `"kv"`: what separates pairs, default: any run of spaces, tabs, `,` or `;`.
     #[serde(default)]
     pub separator: Option<String>,
-    /// `"csv"`: the instrument prints a header line naming its columns: the first line
-    /// after the port opens, and any later line holding every column name `fields` use.
+    /// `"csv"`: the instrument prints a header line naming its columns (when it starts, and
+    /// some every so often): a line holding every column name `fields` use is taken as the
+    /// header, and its column order kept until the next one. Until the first, columns named
+    /// by `field` give nothing; instruments that print it only at power-up are better read
+    /// by `index`.
     #[serde(default)]
     pub header: bool,
     /// `"kv"`: what joins a key to its value. Default `"="`.
@@ -125,7 +128,8 @@ pub struct FieldConfig {
     /// `"csv"`: the field's 0-based column, instead of `field`.
     #[serde(default)]
     pub index: Option<usize>,
-    /// The point id readings carry. Default: the field's name (after the `.` for NMEA).
+    /// The point id readings carry. Default: the field's name (for NMEA, the part after the
+    /// `.`).
     #[serde(default)]
     pub point: Option<String>,
     /// `"float"`, `"int"`, `"bool"` or `"text"`. Default: the NMEA field's own type, else
@@ -260,6 +264,8 @@ const fn default_backoff_max() -> Duration {
 const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 /// The largest `max_frame` accepted.
 pub const MAX_FRAME_LIMIT: usize = 65_536;
+/// CSV columns are numbered below this.
+pub const MAX_COLUMNS: usize = 4096;
 
 impl SerialConfig {
     /// When the last values go stale: `stale_after`, else three poll intervals when polling.
@@ -316,6 +322,14 @@ impl SerialConfig {
                             format!("framing = \"delimited\" needs `{k}`, like \"\\u0002\""),
                         );
                     }
+                }
+                if self.start.is_some() && self.start == self.end {
+                    push(
+                        "end",
+                        "must differ from `start` (for one separator between frames, use \
+                         framing = \"line\" with it as `terminator`)"
+                            .into(),
+                    );
                 }
             }
         }
@@ -429,6 +443,17 @@ impl SerialConfig {
             _ => None,
         };
         let mut points = HashSet::new();
+        let mut sources = HashSet::new();
+        if self.format == Format::Csv
+            && self.header
+            && !self.fields.iter().any(|f| f.field.is_some())
+        {
+            out.push(ConfigProblem::new(
+                "header",
+                "`header = true` names columns by the instrument's header line: give at least \
+                 one field a `field` (a column name), or leave `header` out and use `index`",
+            ));
+        }
         for (i, field) in self.fields.iter().enumerate() {
             let mut push = |k: &str, m: String| {
                 out.push(ConfigProblem::new(format!("fields[{i}].{k}"), m));
@@ -478,9 +503,34 @@ impl SerialConfig {
                         }
                     }
                 }
-                (None, Some(_)) => {}
+                (None, Some(i)) => {
+                    if i >= MAX_COLUMNS {
+                        push("index", format!("must be below {MAX_COLUMNS}"));
+                    }
+                }
             }
-            let point = field.point_name();
+            let key = match (&field.field, field.index) {
+                (Some(f), _) => Some(f.clone()),
+                (None, Some(i)) => Some(format!("#{i}")),
+                (None, None) => None,
+            };
+            if let Some(key) = key {
+                if !sources.insert(key) {
+                    let what = match (&field.field, field.index) {
+                        (Some(f), _) => format!("field `{f}`"),
+                        (None, i) => format!("column {}", i.unwrap_or_default()),
+                    };
+                    push(
+                        if field.field.is_some() {
+                            "field"
+                        } else {
+                            "index"
+                        },
+                        format!("{what} is mapped twice; one field makes one point"),
+                    );
+                }
+            }
+            let point = field.point_name(self.format);
             match point {
                 Some(p) if p.trim().is_empty() => push("point", "must not be empty".into()),
                 Some(p) => {
@@ -509,12 +559,15 @@ impl SerialConfig {
 
 impl FieldConfig {
     /// The point id: `point`, else the field's name (after the `.` for NMEA fields).
-    pub fn point_name(&self) -> Option<&str> {
+    pub fn point_name(&self, format: Format) -> Option<&str> {
         if let Some(p) = &self.point {
             return Some(p);
         }
         let f = self.field.as_deref()?;
-        Some(f.split_once('.').map_or(f, |(_, name)| name))
+        Some(match format {
+            Format::Nmea => f.split_once('.').map_or(f, |(_, name)| name),
+            _ => f,
+        })
     }
 }
 
@@ -587,6 +640,32 @@ mod tests {
             "fields[1].point: a column by `index` needs `point`, its name",
             "fields[2].point: point `temp` is produced by two fields",
             "fields[2].scale: `scale` applies to type \"float\" only",
+        ];
+        assert_eq!(got, want);
+        let got = problems(
+            r#"
+            port = "/dev/ttyUSB0"
+            format = "csv"
+            header = true
+            framing = "delimited"
+            start = "|"
+            end = "|"
+            [[fields]]
+            index = 1
+            point = "a"
+            [[fields]]
+            index = 1
+            point = "b"
+            [[fields]]
+            index = 5000
+            point = "c"
+            "#,
+        );
+        let want = [
+            "end: must differ from `start` (for one separator between frames, use framing = \"line\" with it as `terminator`)",
+            "header: `header = true` names columns by the instrument's header line: give at least one field a `field` (a column name), or leave `header` out and use `index`",
+            "fields[1].index: column 1 is mapped twice; one field makes one point",
+            "fields[2].index: must be below 4096",
         ];
         assert_eq!(got, want);
     }

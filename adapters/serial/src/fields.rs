@@ -130,10 +130,8 @@ pub struct Decoder {
     /// No fields in config: every field becomes a point named after it.
     auto: bool,
     auto_targets: HashMap<String, Target>,
-    /// CSV with a header: the next line is the header.
-    expect_header: bool,
-    /// CSV: named columns the last header lacked.
-    missing: Vec<String>,
+    /// NMEA: point names drop the sentence (`GGA.altitude` → `altitude`).
+    nmea: bool,
 }
 
 impl Decoder {
@@ -165,9 +163,13 @@ impl Decoder {
         for f in &config.fields {
             let native = f.field.as_deref().and_then(nmea::field_info);
             let target = Target {
-                point: Name::from(f.point_name().unwrap_or_default()),
+                point: Name::from(f.point_name(config.format).unwrap_or_default()),
+                // Scaling makes a float, whatever the field's own type.
                 data_type: f
                     .data_type
+                    .or_else(|| {
+                        (f.scale.is_some() || f.offset.is_some()).then_some(FieldType::Float)
+                    })
                     .or(native.map(|(t, _)| t))
                     .or(Some(FieldType::Float)),
                 scale: f.scale.unwrap_or(1.0),
@@ -193,22 +195,10 @@ impl Decoder {
             indexed,
             columns: Vec::new(),
             auto_targets: HashMap::new(),
-            expect_header: false,
-            missing: Vec::new(),
+            nmea: config.format == Format::Nmea,
         };
         decoder.set_header(&[]);
-        decoder.reset();
         Ok(decoder)
-    }
-
-    /// The port was (re)opened: a CSV instrument with a header prints it again.
-    pub fn reset(&mut self) {
-        self.expect_header = matches!(self.kind, Kind::Csv { header: true, .. });
-    }
-
-    /// Column names from config that the last header did not have.
-    pub fn missing_columns(&self) -> &[String] {
-        &self.missing
     }
 
     fn set_header(&mut self, names: &[&str]) {
@@ -224,13 +214,6 @@ impl Decoder {
         for (i, t) in &self.indexed {
             self.columns[*i] = Some(t.clone());
         }
-        self.missing = self
-            .named
-            .keys()
-            .filter(|n| !names.contains(&n.as_str()))
-            .cloned()
-            .collect();
-        self.missing.sort();
     }
 
     /// Decodes one frame into `out` (appended).
@@ -242,15 +225,12 @@ impl Decoder {
                 let target = match &p.key {
                     Key::Index(i) => self.columns.get(*i).and_then(Option::as_ref),
                     Key::Name(name) if self.auto => {
-                        match auto_target(&mut self.auto_targets, name, p.unit) {
-                            Some(t) => Some(t),
-                            None => {
+                        match auto_target(&mut self.auto_targets, name, p.unit, self.nmea) {
+                            Ok(t) => Some(t),
+                            Err(e) => {
                                 out.push(Decoded {
-                                    point: Name::from(name.as_ref()),
-                                    value: Err(format!(
-                                        "more than {MAX_AUTO_POINTS} distinct fields seen; \
-                                         name the ones to keep in [[adapters.fields]]"
-                                    )),
+                                    point: Name::from(excerpt(name, 40)),
+                                    value: Err(e),
                                     unit: None,
                                     invalid: None,
                                 });
@@ -292,12 +272,13 @@ impl Decoder {
                     Separator::Whitespace => rest.split_whitespace().collect(),
                     Separator::Text(s) => rest.split(s.as_str()).map(unquote).collect(),
                 };
+                // The instrument prints its header when it starts (and some every so
+                // often); a line naming every configured column is one. What it taught is
+                // kept across reopens of the port: the instrument did not restart.
                 let is_header = *header
-                    && (self.expect_header
-                        || (!self.named.is_empty()
-                            && self.named.keys().all(|n| cells.contains(&n.as_str()))));
+                    && !self.named.is_empty()
+                    && self.named.keys().all(|n| cells.contains(&n.as_str()));
                 if is_header {
-                    self.expect_header = false;
                     self.set_header(&cells);
                     return Ok(Frame::Header);
                 }
@@ -383,17 +364,38 @@ fn unquote(s: &str) -> &str {
 /// The most points one adapter makes up from field names when `fields` is empty: line noise
 /// that happens to look like `key=value` must not grow memory for ever.
 pub const MAX_AUTO_POINTS: usize = 1000;
+/// The longest field name that becomes a point by itself.
+pub const MAX_AUTO_NAME: usize = 64;
 
 fn auto_target<'t>(
     cache: &'t mut HashMap<String, Target>,
     id: &str,
     unit: Option<&'static str>,
-) -> Option<&'t Target> {
+    nmea: bool,
+) -> Result<&'t Target, String> {
     if !cache.contains_key(id) {
-        if cache.len() >= MAX_AUTO_POINTS {
-            return None;
+        if id.len() > MAX_AUTO_NAME
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'))
+        {
+            return Err(format!(
+                "`{}` is not taken as a point name (at most {MAX_AUTO_NAME} letters, digits, \
+                 `_`, `-`, `.`, `/`); map it in [[adapters.fields]]",
+                excerpt(id, 40)
+            ));
         }
-        let point = id.split_once('.').map_or(id, |(_, f)| f);
+        if cache.len() >= MAX_AUTO_POINTS {
+            return Err(format!(
+                "more than {MAX_AUTO_POINTS} distinct fields seen; name the ones to keep in \
+                 [[adapters.fields]]"
+            ));
+        }
+        let point = if nmea {
+            id.split_once('.').map_or(id, |(_, f)| f)
+        } else {
+            id
+        };
         let native = nmea::field_info(id).map(|(t, _)| t);
         cache.insert(
             id.to_string(),
@@ -406,7 +408,12 @@ fn auto_target<'t>(
             },
         );
     }
-    cache.get(id)
+    cache.get(id).ok_or_else(|| format!("`{id}` has no point"))
+}
+
+/// The first `n` characters of `s`.
+fn excerpt(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
 }
 
 impl Target {
@@ -581,6 +588,12 @@ mod tests {
         );
         let mut d = Decoder::new(&c).expect("decoder");
         let mut out = Vec::new();
+        // Before any header (the gateway started while the instrument ran), named columns
+        // are unknown: nothing comes out, and a data line is never taken for a header.
+        assert_eq!(
+            decode(&mut d, "12:00,21.4,39").expect("data"),
+            Vec::<String>::new()
+        );
         assert_eq!(d.decode("time,TEMP,RH", &mut out), Ok(Frame::Header));
         assert_eq!(
             decode(&mut d, "12:00,21.5,40").expect("data"),
@@ -592,11 +605,7 @@ mod tests {
             decode(&mut d, "41,12:01,21.6").expect("data"),
             ["RH=41", "t=21.6"]
         );
-        assert!(d.missing_columns().is_empty());
         assert_eq!(d.decode("RH,TEMP2", &mut out), Ok(Frame::Data));
-        d.reset();
-        assert_eq!(d.decode("RH,TEMP2", &mut out), Ok(Frame::Header));
-        assert_eq!(d.missing_columns(), ["TEMP"]);
     }
 
     #[test]
@@ -619,6 +628,21 @@ mod tests {
             "{over:?}"
         );
         assert_eq!(over[1], "T=20");
+        let long = format!("{}=1 bad\u{7f}key=2", "k".repeat(65));
+        let refused = decode(&mut d, &long).expect("data");
+        assert!(
+            refused
+                .iter()
+                .all(|r| r.contains("is not taken as a point name")),
+            "{refused:?}"
+        );
+        // Dots belong to the name outside NMEA.
+        let c = config("port = \"/dev/null\"\nformat = \"kv\"");
+        let mut d = Decoder::new(&c).expect("decoder");
+        assert_eq!(
+            decode(&mut d, "ch1.temp=21 ch2.temp=35").expect("data"),
+            ["ch1.temp=21", "ch2.temp=35"]
+        );
         let c = config(
             "port = \"/dev/null\"\nformat = \"kv\"\nassign = \":\"\n[[fields]]\nfield = \"T\"\npoint = \"temp\"\nunit = \"°C\"",
         );
