@@ -13,10 +13,12 @@
 //! | XDR | one field per transducer, named after it (`XDR.AirTemp`), in its own unit |
 //!
 //! Field ids are `SENTENCE.field` (`GGA.altitude`); the talker (`GP`, `GN`, `WI`, `II`, ...)
-//! is ignored. Speeds are converted to m/s and pressures to hPa whatever unit the sentence
-//! used. Empty fields give no value. A sentence that marks its data invalid (RMC/GLL status
-//! `V`, MWV status `V`, GGA fix quality 0, VTG mode `N`) still gives its values, flagged
-//! with the reason, so they arrive with bad quality.
+//! is ignored, and so is line noise before the `$`. Speeds are converted to m/s (from knots,
+//! km/h, mph) and the MDA pressure to hPa, whatever unit the sentence used; XDR values stay
+//! in the transducer's own unit. Empty fields give no value. A sentence that marks its data
+//! invalid (RMC/GLL status `V` or mode `N`, MWV status `V`, GGA fix quality 0, VTG mode `N`)
+//! still gives its values, flagged with the reason, so they arrive with bad quality. VTG is
+//! read in its NMEA 2.x form and in the older one without unit letters.
 
 use std::borrow::Cow;
 
@@ -174,10 +176,9 @@ pub fn parse<'a>(
     checksum: Checksum,
     out: &mut Vec<Parsed<'a>>,
 ) -> Result<(), NmeaError> {
-    let body = line
-        .strip_prefix('$')
-        .ok_or(NmeaError::NotASentence)?
-        .trim_end();
+    // Line noise before the `$` (a sentence cut by a reconnect, a banner) is skipped.
+    let at = line.rfind('$').ok_or(NmeaError::NotASentence)?;
+    let body = line[at + 1..].trim_end();
     let body = match body.rsplit_once('*') {
         Some((data, sum)) => {
             let want = u8::from_str_radix(sum, 16).map_err(|_| NmeaError::BadChecksum)?;
@@ -283,9 +284,10 @@ impl<'a> Sentence<'_, 'a> {
             let deg = degrees(t, max).ok_or_else(|| {
                 NmeaError::Malformed(format!("{}: {field} `{t}` is not ddmm.mmm", self.sentence))
             })?;
+            let pos = if field == "latitude" { "N" } else { "E" };
             let sign = match self.get(at + 1) {
                 h if h == neg => -1.0,
-                "N" | "E" => 1.0,
+                h if h == pos => 1.0,
                 h => {
                     return Err(NmeaError::Malformed(format!(
                         "{}: {field} hemisphere `{h}` is not {}",
@@ -319,12 +321,20 @@ impl<'a> Sentence<'_, 'a> {
         if self.get(2) == "V" {
             self.invalid = Some("the receiver flags the fix invalid (status V)");
         }
+        // NMEA 2.3 mode indicator: N = data not valid.
+        if self.get(12) == "N" {
+            self.invalid = Some("the receiver flags the data invalid (mode N)");
+        }
         self.position(3)?;
         self.num("speed", 7, KNOT)?;
         self.num("course", 8, 1.0)?;
+        // Without its hemisphere a variation could be either sign: left out.
         if let Some(v) = self.number(10)? {
-            let sign = if self.get(11) == "W" { -1.0 } else { 1.0 };
-            self.push("magnetic_variation", Raw::Num(sign * v));
+            match self.get(11) {
+                "E" => self.push("magnetic_variation", Raw::Num(v)),
+                "W" => self.push("magnetic_variation", Raw::Num(-v)),
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -333,10 +343,24 @@ impl<'a> Sentence<'_, 'a> {
         if self.get(6) == "V" {
             self.invalid = Some("the receiver flags the position invalid (status V)");
         }
+        if self.get(7) == "N" {
+            self.invalid = Some("the receiver flags the data invalid (mode N)");
+        }
         self.position(1)
     }
 
     fn vtg(&mut self) -> Result<(), NmeaError> {
+        // Before NMEA 2.0 the unit letters were absent: course, magnetic course, knots, km/h.
+        if !self.get(2).is_empty() && self.get(2) != "T" {
+            self.num("course", 1, 1.0)?;
+            self.num("course_magnetic", 2, 1.0)?;
+            match (self.number(4)?, self.number(3)?) {
+                (Some(kmh), _) => self.push("speed", Raw::Num(kmh * KMH)),
+                (None, Some(kn)) => self.push("speed", Raw::Num(kn * KNOT)),
+                (None, None) => {}
+            }
+            return Ok(());
+        }
         if self.get(9) == "N" {
             self.invalid = Some("the receiver flags the data invalid (mode N)");
         }
@@ -545,6 +569,11 @@ mod tests {
         assert_eq!(get(&got, "VTG.course"), "54.700000");
         assert_eq!(get(&got, "VTG.course_magnetic"), "34.400000");
         assert_eq!(get(&got, "VTG.speed"), format!("{:.6}", 10.2 / 3.6));
+        // The pre-2.0 form, without unit letters.
+        let got = fields(&with_checksum("GPVTG,054.7,034.4,005.5,010.2")).expect("old VTG");
+        assert_eq!(get(&got, "VTG.course"), "54.700000");
+        assert_eq!(get(&got, "VTG.course_magnetic"), "34.400000");
+        assert_eq!(get(&got, "VTG.speed"), format!("{:.6}", 10.2 / 3.6));
         let got = fields("$GPGLL,4916.45,N,12311.12,W,225444,A,*1D").expect("valid GLL");
         assert_eq!(get(&got, "GLL.latitude"), "49.274167");
         assert_eq!(get(&got, "GLL.longitude"), "-123.185333");
@@ -593,6 +622,19 @@ mod tests {
         parse("$GPHDT,274.07,T", Checksum::Optional, &mut out).expect("checksum optional");
         assert_eq!(out.len(), 1);
         assert_eq!(fields("GPGGA,1*00"), Err(NmeaError::NotASentence));
+        // Noise before the `$` is skipped; hemispheres must belong to their coordinate.
+        let got = fields("\u{0}garbage$GPHDT,274.07,T*03").expect("sentence after noise");
+        assert_eq!(get(&got, "HDT.heading"), "274.070000");
+        assert!(matches!(
+            fields(&with_checksum("GPGLL,4916.45,E,12311.12,W,225444,A")),
+            Err(NmeaError::Malformed(_))
+        ));
+        let got = fields(&with_checksum(
+            "GPRMC,1,A,4807.038,N,01131.000,E,0,0,230394,3.1,,N",
+        ))
+        .expect("RMC with mode N");
+        assert!(!got.iter().any(|(id, _, _)| id == "RMC.magnetic_variation"));
+        assert!(got.iter().all(|(_, _, invalid)| invalid.is_some()));
         assert_eq!(
             fields(&with_checksum("GPGSV,3,1,11")),
             Err(NmeaError::Unsupported)
