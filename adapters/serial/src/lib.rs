@@ -39,7 +39,7 @@ use fieldgate_adapter::{
     Adapter, AdapterContext, AdapterError, BoxFuture, Command, CommandAction, CommandError, Name,
     Quality, Reading, Value,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 use tokio_serial::SerialStream;
 
@@ -154,6 +154,9 @@ struct Station {
     complaints: Complaints,
     /// Why the port is not open, for commands that arrive meanwhile.
     down: String,
+    /// An outage was logged at warn and no reading came since: further losses and failed
+    /// opens are logged at debug (a port missing for a day must not fill the log).
+    quiet: bool,
 }
 
 async fn run(adapter: Serial, mut ctx: AdapterContext) -> Result<(), AdapterError> {
@@ -180,27 +183,41 @@ async fn run(adapter: Serial, mut ctx: AdapterContext) -> Result<(), AdapterErro
         stale: false,
         complaints: Complaints::default(),
         down: "not opened yet".into(),
+        quiet: false,
         config,
     };
     let mut backoff = Backoff::new(station.config.backoff_min, station.config.backoff_max);
     let port_name = station.config.port.display().to_string();
-    let mut logged_down = false;
     loop {
         if ctx.shutdown.is_fired() {
             return Ok(());
         }
-        match open(&station.config) {
+        // Opening sets the line up (USB control transfers on a USB adapter, which can take
+        // seconds on a flaky one): off the async workers.
+        let cfg = station.config.clone();
+        let opened = tokio::task::spawn_blocking(move || open(&cfg))
+            .await
+            .unwrap_or_else(|e| Err(format!("opening the port failed: {e}")));
+        match opened {
             Ok(port) => {
                 bump(&station.stats.opens, 1);
-                tracing::info!(adapter = %ctx.id, port = %port_name, "serial port open");
-                logged_down = false;
+                if station.quiet {
+                    tracing::debug!(adapter = %ctx.id, port = %port_name, "serial port open");
+                } else {
+                    tracing::info!(adapter = %ctx.id, port = %port_name, "serial port open");
+                }
                 station.framer.reset();
-                station.decoder.reset();
-                match station.session(port, &mut ctx, &mut backoff).await? {
+                let (ended, port) = station.session(port, &mut ctx, &mut backoff).await?;
+                // Closing can wait for output the line will not take (flow control): off
+                // the async workers too, and not waited for.
+                drop(tokio::task::spawn_blocking(move || drop(port)));
+                match ended {
                     Ended::Shutdown => return Ok(()),
                     Ended::Lost(why) => {
                         bump(&station.stats.losses, 1);
-                        tracing::warn!(adapter = %ctx.id, port = %port_name, "serial port lost: {why}; reopening");
+                        station.complain_down(&format!(
+                            "serial port {port_name} lost: {why}; reopening"
+                        ));
                         station.go_stale(&ctx, &why).await?;
                         station.down = why;
                     }
@@ -208,13 +225,7 @@ async fn run(adapter: Serial, mut ctx: AdapterContext) -> Result<(), AdapterErro
             }
             Err(e) => {
                 bump(&station.stats.open_failures, 1);
-                // Once per outage at warn: a port missing for a day would fill the log.
-                if logged_down {
-                    tracing::debug!(adapter = %ctx.id, "{e}");
-                } else {
-                    tracing::warn!(adapter = %ctx.id, "{e}; retrying with backoff");
-                    logged_down = true;
-                }
+                station.complain_down(&format!("{e}; retrying with backoff"));
                 station.go_stale(&ctx, &e).await?;
                 station.down = e;
             }
@@ -254,14 +265,36 @@ fn open(config: &SerialConfig) -> Result<SerialStream, String> {
 }
 
 impl Station {
-    /// Reads, polls and answers commands until the port is lost or the gateway stops.
+    /// Logs an outage once: at warn the first time, at debug until a reading comes again.
+    fn complain_down(&mut self, message: &str) {
+        if self.quiet {
+            tracing::debug!(adapter = %self.source, "{message}");
+        } else {
+            tracing::warn!(adapter = %self.source, "{message}");
+            self.quiet = true;
+        }
+    }
+
+    /// Reads, polls and answers commands until the port is lost or the gateway stops;
+    /// gives the port back to be closed.
     async fn session(
         &mut self,
         port: SerialStream,
         ctx: &mut AdapterContext,
         backoff: &mut Backoff,
-    ) -> Result<Ended, AdapterError> {
+    ) -> Result<(Ended, SerialStream), AdapterError> {
         let (mut reader, mut writer) = tokio::io::split(port);
+        let ended = self.serve(&mut reader, &mut writer, ctx, backoff).await;
+        Ok((ended?, reader.unsplit(writer)))
+    }
+
+    async fn serve(
+        &mut self,
+        reader: &mut ReadHalf<SerialStream>,
+        writer: &mut WriteHalf<SerialStream>,
+        ctx: &mut AdapterContext,
+        backoff: &mut Backoff,
+    ) -> Result<Ended, AdapterError> {
         let mut buf = vec![0u8; 4096];
         let mut poll = self.config.poll.as_ref().map(|p| {
             let mut t = tokio::time::interval(p.interval);
@@ -295,6 +328,7 @@ impl Station {
                         if !readings.is_empty() {
                             last_frame = Instant::now();
                             self.stale = false;
+                            self.quiet = false;
                             backoff.reset();
                             bump(&self.stats.readings, readings.len() as u64);
                             ctx.readings.send_all(readings.drain(..)).await?;
@@ -304,14 +338,14 @@ impl Station {
                 },
                 _ = tick => {
                     let request = self.config.poll.as_ref().map(|p| p.request.clone()).unwrap_or_default();
-                    if let Err(e) = write_all(&mut writer, request.as_bytes()).await {
+                    if let Err(e) = write_all(writer, request.as_bytes()).await {
                         return Ok(Ended::Lost(format!("poll request failed: {e}")));
                     }
                     bump(&self.stats.polls, 1);
                 }
                 cmd = ctx.commands.recv(), if commands_open => match cmd {
                     Some(cmd) => {
-                        if let Err(e) = self.command(cmd, Some(&mut writer)).await {
+                        if let Err(e) = self.command(cmd, Some(writer)).await {
                             return Ok(Ended::Lost(format!("write failed: {e}")));
                         }
                     }
@@ -320,7 +354,7 @@ impl Station {
                 () = silence => {
                     let d = stale_after.unwrap_or_default();
                     return Ok(Ended::Lost(format!(
-                        "no frame for {}",
+                        "no reading for {}",
                         fieldgate_adapter::duration::format(d)
                     )));
                 }
@@ -440,29 +474,37 @@ impl Station {
                 if matches!(text, std::borrow::Cow::Owned(_)) {
                     bump(&stats.non_utf8, 1);
                     complaints.note(source, "encoding", || {
-                        format!("a frame is not UTF-8 (decoded with replacement characters): {}", excerpt(&text))
+                        format!(
+                            "a frame is not UTF-8 (decoded with replacement characters): {}",
+                            excerpt(&text)
+                        )
                     });
                 }
                 match decoder.decode(&text, &mut decoded) {
                     Ok(Frame::Data) => {}
                     Ok(Frame::Header) => {
                         bump(&stats.headers, 1);
-                        let missing = decoder.missing_columns();
                         tracing::info!(adapter = %source, header = %excerpt(&text), "csv header");
-                        if !missing.is_empty() {
-                            tracing::warn!(adapter = %source, "the header has no column {}", missing.join(", "));
-                        }
                     }
                     Err(e) => {
                         let (counter, kind) = match &e {
-                            fields::FrameError::Nmea(NmeaError::BadChecksum | NmeaError::MissingChecksum) => (&stats.bad_checksum, "checksum"),
-                            fields::FrameError::Nmea(NmeaError::Unsupported) => (&stats.unsupported, ""),
-                            fields::FrameError::Nmea(NmeaError::Malformed(_)) => (&stats.malformed, "malformed"),
-                            fields::FrameError::Nmea(NmeaError::NotASentence) | fields::FrameError::Unmatched => (&stats.unmatched, "unmatched"),
+                            fields::FrameError::Nmea(
+                                NmeaError::BadChecksum | NmeaError::MissingChecksum,
+                            ) => (&stats.bad_checksum, "checksum"),
+                            fields::FrameError::Nmea(NmeaError::Unsupported) => {
+                                (&stats.unsupported, "")
+                            }
+                            fields::FrameError::Nmea(NmeaError::Malformed(_)) => {
+                                (&stats.malformed, "malformed")
+                            }
+                            fields::FrameError::Nmea(NmeaError::NotASentence)
+                            | fields::FrameError::Unmatched => (&stats.unmatched, "unmatched"),
                         };
                         bump(counter, 1);
                         if !kind.is_empty() {
-                            complaints.note(source, kind, || format!("frame dropped, {e}: {}", excerpt(&text)));
+                            complaints.note(source, kind, || {
+                                format!("frame dropped, {e}: {}", excerpt(&text))
+                            });
                         }
                     }
                 }
@@ -524,9 +566,19 @@ impl Station {
     }
 }
 
+/// How long a write may wait for the line to take its bytes (flow control holding it).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Hands `bytes` to the kernel. No flush: on a serial port that is tcdrain(2), which blocks
+/// the thread until the bytes are on the wire (forever, if flow control holds the line).
 async fn write_all(writer: &mut WriteHalf<SerialStream>, bytes: &[u8]) -> std::io::Result<()> {
-    writer.write_all(bytes).await?;
-    writer.flush().await
+    match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(bytes)).await {
+        Ok(written) => written,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the port took no data for 5s (is flow control holding the line?)",
+        )),
+    }
 }
 
 /// The first 80 characters of a frame, for log lines.
