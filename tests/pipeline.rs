@@ -186,12 +186,10 @@ fn notifies_systemd_when_ready_and_pings_the_watchdog() {
     assert!(out.status.success());
 }
 
-/// `config/water-tank.toml`, unchanged but for its port and broker, against three simulated
-/// Modbus RTU tanks on a pseudo-terminal: every tank's points arrive through the broker.
-#[test]
-fn water_tank_demo_reads_three_modbus_tanks_over_rtu() {
+/// What `fieldgate demo --site <site>` prints in 4 s; it must exit cleanly.
+fn demo(site: &str) -> String {
     let out = fieldgate()
-        .args(["demo", "--site", "water-tank", "--duration", "4s"])
+        .args(["demo", "--site", site, "--duration", "4s"])
         .output()
         .expect("demo runs");
     assert!(
@@ -199,7 +197,14 @@ fn water_tank_demo_reads_three_modbus_tanks_over_rtu() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `config/water-tank.toml`, unchanged but for its port and broker, against three simulated
+/// Modbus RTU tanks on a pseudo-terminal: every tank's points arrive through the broker.
+#[test]
+fn water_tank_demo_reads_three_modbus_tanks_over_rtu() {
+    let stdout = demo("water-tank");
     for tank in ["tank-1", "tank-2", "tank-3"] {
         for point in ["level", "pump_running", "high_level_alarm"] {
             let needle = format!("tanks/{tank}/{point} = ");
@@ -231,16 +236,7 @@ fn water_tank_demo_reads_three_modbus_tanks_over_rtu() {
 /// in its own unit and arrives through the broker.
 #[test]
 fn weather_station_demo_reads_nmea_over_a_serial_port() {
-    let out = fieldgate()
-        .args(["demo", "--site", "weather-station", "--duration", "4s"])
-        .output()
-        .expect("demo runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = demo("weather-station");
     let mut points = std::collections::BTreeSet::new();
     for line in stdout.lines() {
         if let Some((_, rest)) = line.split_once("weather/mast-07-wx/") {
