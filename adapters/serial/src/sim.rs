@@ -14,7 +14,9 @@ use tokio_serial::{SerialPort, SerialStream};
 /// is reached through `/dev/serial/by-id/...`: [`VirtualPort::unplug`] closes the terminal
 /// and removes the link (the gateway's reads fail, opening fails); [`VirtualPort::plug`]
 /// makes a new terminal behind the same path. The instrument's side is the terminal's
-/// master: what it writes, the gateway reads, and the other way round.
+/// master: what it writes, the gateway reads, and the other way round. The master is not
+/// close-on-exec: a process spawned while the port is plugged inherits it, and an unplug then
+/// no longer hangs the terminal up; plug it after spawning a gateway process.
 #[derive(Debug)]
 pub struct VirtualPort {
     link: PathBuf,
