@@ -149,14 +149,13 @@ struct Station {
     stats: Arc<SerialStats>,
     /// The last good value of every point, for stale readings.
     last: BTreeMap<Name, (Value, Option<Name>)>,
-    /// The last values were reported stale and nothing came since.
-    stale: bool,
+    /// An outage was reported (the last values sent stale, a warning logged) and no reading
+    /// came since: further losses and failed opens are logged at debug only (a port missing
+    /// for a day must not fill the log).
+    outage: bool,
     complaints: Complaints,
     /// Why the port is not open, for commands that arrive meanwhile.
     down: String,
-    /// An outage was logged at warn and no reading came since: further losses and failed
-    /// opens are logged at debug (a port missing for a day must not fill the log).
-    quiet: bool,
 }
 
 async fn run(adapter: Serial, mut ctx: AdapterContext) -> Result<(), AdapterError> {
@@ -180,10 +179,9 @@ async fn run(adapter: Serial, mut ctx: AdapterContext) -> Result<(), AdapterErro
         decoder,
         stats,
         last: BTreeMap::new(),
-        stale: false,
+        outage: false,
         complaints: Complaints::default(),
         down: "not opened yet".into(),
-        quiet: false,
         config,
     };
     let mut backoff = Backoff::new(station.config.backoff_min, station.config.backoff_max);
@@ -198,10 +196,10 @@ async fn run(adapter: Serial, mut ctx: AdapterContext) -> Result<(), AdapterErro
         let opened = tokio::task::spawn_blocking(move || open(&cfg))
             .await
             .unwrap_or_else(|e| Err(format!("opening the port failed: {e}")));
-        match opened {
+        let (why, message) = match opened {
             Ok(port) => {
                 bump(&station.stats.opens, 1);
-                if station.quiet {
+                if station.outage {
                     tracing::debug!(adapter = %ctx.id, port = %port_name, "serial port open");
                 } else {
                     tracing::info!(adapter = %ctx.id, port = %port_name, "serial port open");
@@ -211,25 +209,21 @@ async fn run(adapter: Serial, mut ctx: AdapterContext) -> Result<(), AdapterErro
                 // Closing can wait for output the line will not take (flow control): off
                 // the async workers too, and not waited for.
                 drop(tokio::task::spawn_blocking(move || drop(port)));
-                match ended {
-                    Ended::Shutdown => return Ok(()),
-                    Ended::Lost(why) => {
-                        bump(&station.stats.losses, 1);
-                        station.complain_down(&format!(
-                            "serial port {port_name} lost: {why}; reopening"
-                        ));
-                        station.go_stale(&ctx, &why).await?;
-                        station.down = why;
-                    }
-                }
+                let Ended::Lost(why) = ended else {
+                    return Ok(());
+                };
+                bump(&station.stats.losses, 1);
+                let message = format!("serial port {port_name} lost: {why}; reopening");
+                (why, message)
             }
             Err(e) => {
                 bump(&station.stats.open_failures, 1);
-                station.complain_down(&format!("{e}; retrying with backoff"));
-                station.go_stale(&ctx, &e).await?;
-                station.down = e;
+                let message = format!("{e}; retrying with backoff");
+                (e, message)
             }
-        }
+        };
+        station.report_outage(&ctx, &message, &why).await?;
+        station.down = why;
         let delay = backoff.next_delay();
         if station.wait(delay, &mut ctx).await {
             return Ok(());
@@ -265,16 +259,6 @@ fn open(config: &SerialConfig) -> Result<SerialStream, String> {
 }
 
 impl Station {
-    /// Logs an outage once: at warn the first time, at debug until a reading comes again.
-    fn complain_down(&mut self, message: &str) {
-        if self.quiet {
-            tracing::debug!(adapter = %self.source, "{message}");
-        } else {
-            tracing::warn!(adapter = %self.source, "{message}");
-            self.quiet = true;
-        }
-    }
-
     /// Reads, polls and answers commands until the port is lost or the gateway stops;
     /// gives the port back to be closed.
     async fn session(
@@ -302,13 +286,13 @@ impl Station {
             t
         });
         let stale_after = self.config.effective_stale_after();
-        let mut last_frame = Instant::now();
+        let mut last_reading = Instant::now();
         let mut readings = Vec::new();
         let mut commands_open = true;
         loop {
             let silence = async {
                 match stale_after {
-                    Some(d) => tokio::time::sleep_until(last_frame + d).await,
+                    Some(d) => tokio::time::sleep_until(last_reading + d).await,
                     None => std::future::pending().await,
                 }
             };
@@ -326,9 +310,8 @@ impl Station {
                         bump(&self.stats.bytes, n as u64);
                         self.on_bytes(&buf[..n], &mut readings);
                         if !readings.is_empty() {
-                            last_frame = Instant::now();
-                            self.stale = false;
-                            self.quiet = false;
+                            last_reading = Instant::now();
+                            self.outage = false;
                             backoff.reset();
                             bump(&self.stats.readings, readings.len() as u64);
                             ctx.readings.send_all(readings.drain(..)).await?;
@@ -337,8 +320,8 @@ impl Station {
                     Err(e) => return Ok(Ended::Lost(format!("read failed: {e}"))),
                 },
                 _ = tick => {
-                    let request = self.config.poll.as_ref().map(|p| p.request.clone()).unwrap_or_default();
-                    if let Err(e) = write_all(writer, request.as_bytes()).await {
+                    let request = self.config.poll.as_ref().map_or(&b""[..], |p| p.request.as_bytes());
+                    if let Err(e) = write_all(writer, request).await {
                         return Ok(Ended::Lost(format!("poll request failed: {e}")));
                     }
                     bump(&self.stats.polls, 1);
@@ -537,13 +520,24 @@ impl Station {
         }
     }
 
-    /// Reports every last value once with stale quality.
-    async fn go_stale(&mut self, ctx: &AdapterContext, why: &str) -> Result<(), AdapterError> {
-        if self.stale || self.last.is_empty() {
-            self.stale = true;
+    /// Reports an outage once: the first time since the last reading, `message` is logged
+    /// at warn and every last value goes out with stale quality and `why`; after that,
+    /// `message` is logged at debug only.
+    async fn report_outage(
+        &mut self,
+        ctx: &AdapterContext,
+        message: &str,
+        why: &str,
+    ) -> Result<(), AdapterError> {
+        if self.outage {
+            tracing::debug!(adapter = %self.source, "{message}");
             return Ok(());
         }
-        self.stale = true;
+        tracing::warn!(adapter = %self.source, "{message}");
+        self.outage = true;
+        if self.last.is_empty() {
+            return Ok(());
+        }
         let now = SystemTime::now();
         let readings: Vec<Reading> = self
             .last
