@@ -26,6 +26,13 @@ enum Mode {
 #[derive(Debug)]
 pub struct Framer {
     mode: Mode,
+    state: State,
+}
+
+/// What a framer knows of the stream so far (apart from its markers, so that both can be
+/// borrowed at once).
+#[derive(Debug)]
+struct State {
     max: usize,
     buf: Vec<u8>,
     /// Discarding an oversized frame until the next boundary.
@@ -61,36 +68,37 @@ impl Framer {
     fn new(mode: Mode, max: usize) -> Framer {
         Framer {
             mode,
-            max: max.max(1),
-            buf: Vec::with_capacity(max.min(4096)),
-            discarding: false,
-            inside: false,
-            scanned: 0,
+            state: State {
+                max: max.max(1),
+                buf: Vec::with_capacity(max.min(4096)),
+                discarding: false,
+                inside: false,
+                scanned: 0,
+            },
         }
     }
 
     /// Forgets any partial frame (the port was closed and reopened).
     pub fn reset(&mut self) {
-        self.buf.clear();
-        self.discarding = false;
-        self.inside = false;
-        self.scanned = 0;
+        let s = &mut self.state;
+        s.buf.clear();
+        s.discarding = false;
+        s.inside = false;
+        s.scanned = 0;
     }
 
     /// Feeds `bytes`; calls `on` for every event, in stream order.
     pub fn push(&mut self, bytes: &[u8], mut on: impl FnMut(Event<'_>)) {
         match &self.mode {
-            Mode::Line { terminator } => {
-                let terminator = terminator.clone();
-                self.push_lines(&terminator, bytes, &mut on);
-            }
+            Mode::Line { terminator } => self.state.push_lines(terminator, bytes, &mut on),
             Mode::Delimited { start, end } => {
-                let (start, end) = (start.clone(), end.clone());
-                self.push_delimited(&start, &end, bytes, &mut on);
+                self.state.push_delimited(start, end, bytes, &mut on);
             }
         }
     }
+}
 
+impl State {
     fn push_lines(&mut self, term: &[u8], bytes: &[u8], on: &mut impl FnMut(Event<'_>)) {
         // A terminator may have begun in the bytes kept from the last call.
         let mut from = self.buf.len().saturating_sub(term.len() - 1);
@@ -371,7 +379,7 @@ mod properties {
             let mut framer = Framer::lines(term, 16);
             let pieces = events(&mut framer, &chunked(&bytes, &cuts));
             prop_assert_eq!(&whole, &pieces);
-            prop_assert!(framer.buf.len() <= 16 + term.len());
+            prop_assert!(framer.state.buf.len() <= 16 + term.len());
             for e in &whole {
                 prop_assert!(e.len() <= "Frame([])".len() + 16 * 5, "{}", e);
             }
@@ -395,7 +403,7 @@ mod properties {
             let mut framer = Framer::delimited(start, end, 16);
             let pieces = events(&mut framer, &chunked(&bytes, &cuts));
             prop_assert_eq!(frames(whole), frames(pieces));
-            prop_assert!(framer.buf.len() <= 16 + 2 * end.len());
+            prop_assert!(framer.state.buf.len() <= 16 + 2 * end.len());
         }
     }
 }
