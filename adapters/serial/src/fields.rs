@@ -229,7 +229,7 @@ impl Decoder {
                             Ok(t) => Some(t),
                             Err(e) => {
                                 out.push(Decoded {
-                                    point: Name::from(excerpt(name, 40)),
+                                    point: Name::from(crate::excerpt(name, 40)),
                                     value: Err(e),
                                     unit: None,
                                     invalid: None,
@@ -382,7 +382,7 @@ fn auto_target<'t>(
             return Err(format!(
                 "`{}` is not taken as a point name (at most {MAX_AUTO_NAME} letters, digits, \
                  `_`, `-`, `.`, `/`); map it in [[adapters.fields]]",
-                excerpt(id, 40)
+                crate::excerpt(id, 40)
             ));
         }
         if cache.len() >= MAX_AUTO_POINTS {
@@ -409,11 +409,6 @@ fn auto_target<'t>(
         );
     }
     cache.get(id).ok_or_else(|| format!("`{id}` has no point"))
-}
-
-/// The first `n` characters of `s`.
-fn excerpt(s: &str, n: usize) -> String {
-    s.chars().take(n).collect()
 }
 
 impl Target {

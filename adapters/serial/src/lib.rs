@@ -459,7 +459,7 @@ impl Station {
                     complaints.note(source, "encoding", || {
                         format!(
                             "a frame is not UTF-8 (decoded with replacement characters): {}",
-                            excerpt(&text)
+                            excerpt(&text, 80)
                         )
                     });
                 }
@@ -467,7 +467,7 @@ impl Station {
                     Ok(Frame::Data) => {}
                     Ok(Frame::Header) => {
                         bump(&stats.headers, 1);
-                        tracing::info!(adapter = %source, header = %excerpt(&text), "csv header");
+                        tracing::info!(adapter = %source, header = %excerpt(&text, 80), "csv header");
                     }
                     Err(e) => {
                         let (counter, kind) = match &e {
@@ -486,7 +486,7 @@ impl Station {
                         bump(counter, 1);
                         if !kind.is_empty() {
                             complaints.note(source, kind, || {
-                                format!("frame dropped, {e}: {}", excerpt(&text))
+                                format!("frame dropped, {e}: {}", excerpt(&text, 80))
                             });
                         }
                     }
@@ -575,9 +575,9 @@ async fn write_all(writer: &mut WriteHalf<SerialStream>, bytes: &[u8]) -> std::i
     }
 }
 
-/// The first 80 characters of a frame, for log lines.
-fn excerpt(text: &str) -> String {
-    let mut s: String = text.chars().take(80).collect();
+/// The first `n` characters of `text` (`…` if cut), escaped for a log line.
+fn excerpt(text: &str, n: usize) -> String {
+    let mut s: String = text.chars().take(n).collect();
     if s.len() < text.len() {
         s.push('…');
     }

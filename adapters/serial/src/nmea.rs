@@ -163,11 +163,7 @@ pub fn check_field(id: &str) -> Result<(), String> {
 /// The native type and unit of a field id, if it is one of the fixed ones.
 pub fn field_info(id: &str) -> Option<(FieldType, Option<&'static str>)> {
     let (sentence, field) = id.split_once('.')?;
-    let (_, fields) = SENTENCES.iter().find(|(s, _)| *s == sentence)?;
-    fields
-        .iter()
-        .find(|(f, _, _)| *f == field)
-        .map(|(_, t, u)| (*t, *u))
+    field_info_in(sentence, field)
 }
 
 /// Parses one sentence into `out`.
@@ -242,7 +238,7 @@ impl<'a> Sentence<'_, 'a> {
     }
 
     fn push(&mut self, field: &'static str, raw: Raw<'a>) {
-        let (_, unit) = field_info_in(self.sentence, field);
+        let unit = field_info_in(self.sentence, field).and_then(|(_, u)| u);
         self.out.push(Parsed {
             key: crate::fields::Key::Name(Cow::Owned(format!("{}.{field}", self.sentence))),
             raw,
@@ -447,12 +443,12 @@ impl<'a> Sentence<'_, 'a> {
     }
 }
 
-fn field_info_in(sentence: &str, field: &str) -> (FieldType, Option<&'static str>) {
-    SENTENCES
+fn field_info_in(sentence: &str, field: &str) -> Option<(FieldType, Option<&'static str>)> {
+    let (_, fields) = SENTENCES.iter().find(|(s, _)| *s == sentence)?;
+    fields
         .iter()
-        .find(|(s, _)| *s == sentence)
-        .and_then(|(_, fields)| fields.iter().find(|(f, _, _)| *f == field))
-        .map_or((FieldType::Float, None), |(_, t, u)| (*t, *u))
+        .find(|(f, _, _)| *f == field)
+        .map(|(_, t, u)| (*t, *u))
 }
 
 /// `ddmm.mmm` / `dddmm.mmm` to decimal degrees, at most `max`.
