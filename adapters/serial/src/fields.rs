@@ -492,7 +492,8 @@ fn whole(v: f64) -> Option<Value> {
 mod tests {
     use super::*;
 
-    fn config(toml: &str) -> SerialConfig {
+    /// A checked config from TOML.
+    pub(super) fn config(toml: &str) -> SerialConfig {
         use figment::providers::{Format as _, Toml};
         let c: SerialConfig = figment::Figment::from(Toml::string(toml))
             .extract()
@@ -709,11 +710,7 @@ mod properties {
     use proptest::prelude::*;
 
     fn decoder(toml: &str) -> Decoder {
-        use figment::providers::{Format as _, Toml};
-        let c: SerialConfig = figment::Figment::from(Toml::string(toml))
-            .extract()
-            .expect("valid toml");
-        Decoder::new(&c).expect("decoder")
+        Decoder::new(&super::tests::config(toml)).expect("decoder")
     }
 
     proptest! {
