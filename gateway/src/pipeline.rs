@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use fieldgate_adapter::{
     reading_channel, Adapter, AdapterContext, AdapterError, CommandSender, ReadingReceiver,
-    ReadingSender, Shutdown, ShutdownTrigger,
+    ReadingSender, SharedState, Shutdown, ShutdownTrigger,
 };
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::clock::{Clock, ClockStamp, SystemClock};
 use crate::config::{AdapterConfig, Config};
-use crate::queue::{Queue, QueueError, QueueHandle};
+use crate::queue::{Queue, QueueError, QueueHandle, SqliteState};
 use crate::uplink::{self, ForwarderOptions, Uplink};
 use crate::watchdog::{Heartbeat, SystemdNotify};
 
@@ -191,6 +191,7 @@ pub async fn start_with(
     let path = config.queue_path();
     let ids: Vec<String> = parts.uplinks.iter().map(|(o, _)| o.id.clone()).collect();
     let qopts = config.queue_options();
+    let durability = qopts.durability;
     let qpath = path.clone();
     let queue = tokio::task::spawn_blocking(move || {
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -204,6 +205,17 @@ pub async fn start_with(
         source,
     })?;
     tracing::info!(path = %path.display(), next_seq = queue.next_seq(), "queue open");
+    let spath = path.clone();
+    let state: SharedState =
+        tokio::task::spawn_blocking(move || SqliteState::open(&spath, durability))
+            .await
+            .map_err(|e| QueueError::Task(e.to_string()))
+            .and_then(|r| r)
+            .map(|s| Arc::new(s) as SharedState)
+            .map_err(|source| PipelineError::Queue {
+                path: path.display().to_string(),
+                source,
+            })?;
     let queue = QueueHandle::new(queue);
 
     let (forwarders_stop, fwd_shutdown) = ShutdownTrigger::new();
@@ -246,6 +258,7 @@ pub async fn start_with(
             tx.clone(),
             adapter_shutdown.clone(),
             Arc::clone(&routes),
+            Arc::clone(&state),
             opts.clone(),
         )));
     }
@@ -411,6 +424,7 @@ async fn supervise(
     readings: ReadingSender,
     mut shutdown: Shutdown,
     routes: CommandRoutes,
+    state: SharedState,
     opts: PipelineOptions,
 ) {
     let mut backoff = Backoff::new(opts.restart_min, opts.restart_max);
@@ -428,6 +442,7 @@ async fn supervise(
                     readings: readings.clone(),
                     shutdown: shutdown.clone(),
                     commands: cmd_rx,
+                    state: Arc::clone(&state),
                 };
                 tracing::info!(adapter = %id, "adapter started");
                 // If this supervisor is aborted (an adapter that ignores shutdown), the guard

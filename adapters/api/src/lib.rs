@@ -7,6 +7,9 @@
 //! [`Command`]s (register writes, downlinks, lines to send) that arrive on its
 //! [`CommandReceiver`].
 //!
+//! An adapter that must remember something across restarts (LoRaWAN frame counters) keeps it
+//! in the [`StateStore`] of its context, which the gateway backs with its SQLite file.
+//!
 //! *Architecture invariant:* this crate has no I/O dependencies. Adapters never see SQLite,
 //! MQTT or HTTP; the core never sees a Modbus frame.
 
@@ -14,9 +17,11 @@
 
 pub mod backoff;
 mod command;
+pub mod complaints;
 pub mod duration;
 mod reading;
 mod shutdown;
+pub mod state;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +29,7 @@ use std::pin::Pin;
 pub use command::{Command, CommandAction, CommandError, CommandReceiver, CommandSender, Outcome};
 pub use reading::{AdapterId, DeviceId, Name, PointId, Quality, Reading, Unit, Value};
 pub use shutdown::{Shutdown, ShutdownTrigger};
+pub use state::{MemoryState, SharedState, StateError, StateStore};
 
 /// A boxed, sendable future, as returned by [`Adapter::run`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -52,6 +58,8 @@ pub struct AdapterContext {
     pub shutdown: Shutdown,
     /// Commands addressed to this adapter's devices.
     pub commands: CommandReceiver,
+    /// Durable state the adapter keeps across restarts, stored by the gateway.
+    pub state: SharedState,
 }
 
 /// Why an adapter stopped working.

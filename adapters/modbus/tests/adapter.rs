@@ -105,6 +105,7 @@ fn start(toml: &str) -> Running {
         readings: tx,
         shutdown,
         commands: rx,
+        state: fieldgate_adapter::MemoryState::shared(),
     };
     let task = tokio::spawn(Box::new(adapter).run(ctx));
     Running {

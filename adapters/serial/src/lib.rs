@@ -29,12 +29,13 @@ pub mod frame;
 pub mod nmea;
 pub mod sim;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fieldgate_adapter::backoff::Backoff;
+use fieldgate_adapter::complaints::Complaints;
 use fieldgate_adapter::{
     Adapter, AdapterContext, AdapterError, BoxFuture, Command, CommandAction, CommandError, Name,
     Quality, Reading, Value,
@@ -582,26 +583,4 @@ fn excerpt(text: &str, n: usize) -> String {
         s.push('…');
     }
     s.escape_debug().to_string()
-}
-
-/// Logs each kind of garbage at most once a minute, with how many were not logged.
-#[derive(Debug, Default)]
-struct Complaints {
-    last: HashMap<&'static str, (Instant, u64)>,
-}
-
-const COMPLAINT_INTERVAL: Duration = Duration::from_secs(60);
-
-impl Complaints {
-    fn note(&mut self, adapter: &Name, kind: &'static str, message: impl FnOnce() -> String) {
-        let now = Instant::now();
-        match self.last.get_mut(kind) {
-            Some((at, quiet)) if now.duration_since(*at) < COMPLAINT_INTERVAL => *quiet += 1,
-            entry => {
-                let quiet = entry.map_or(0, |(_, q)| *q);
-                tracing::warn!(adapter = %adapter, kind, similar_since_last_log = quiet, "{}", message());
-                self.last.insert(kind, (now, 0));
-            }
-        }
-    }
 }

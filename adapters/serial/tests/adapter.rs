@@ -45,6 +45,7 @@ fn start(config: &SerialConfig) -> Running {
         readings: tx,
         shutdown,
         commands: command_rx,
+        state: fieldgate_adapter::MemoryState::shared(),
     }));
     Running {
         rx,

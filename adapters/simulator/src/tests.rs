@@ -38,6 +38,7 @@ async fn run_for(cfg: SimulatorConfig, secs: u64) -> Vec<(String, Value)> {
         readings: tx,
         shutdown,
         commands: cmd_rx,
+        state: fieldgate_adapter::MemoryState::shared(),
     };
     let task = tokio::spawn(sim.run(ctx));
     // Just short of the next tick at `secs`, so the boundary sample is not racy.
@@ -184,6 +185,7 @@ async fn commands_are_refused_with_a_reason() {
         readings: tx,
         shutdown,
         commands: cmd_rx,
+        state: fieldgate_adapter::MemoryState::shared(),
     }));
     rx.recv().await.expect("first sample at once");
     let (cmd, reply) = Command::new(

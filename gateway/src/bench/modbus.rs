@@ -117,6 +117,7 @@ async fn one_scan(cfg: &ModbusConfig, points: u16) -> Result<Phase, QueueError> 
         readings: tx,
         shutdown,
         commands,
+        state: fieldgate_adapter::MemoryState::shared(),
     }));
     let mut got = 0u64;
     while got < u64::from(points) {

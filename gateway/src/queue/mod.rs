@@ -23,6 +23,7 @@
 
 mod handle;
 mod series;
+mod state;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 pub use handle::QueueHandle;
 use series::SeriesCache;
+pub use state::SqliteState;
 
 use crate::clock::ClockStamp;
 use crate::throttle::Throttle;

@@ -1,0 +1,359 @@
+//! The `type = "lorawan"` adapter section: where the packet forwarders reach fieldgate, the
+//! devices it terminates (ABP or OTAA, with their keys and codecs), and which frames of other
+//! devices it forwards raw.
+//!
+//! Keys and identifiers are hex strings in the order LoRaWAN servers print them (most
+//! significant byte first): `dev_eui = "70b3d57ed0000001"`, `dev_addr = "26011f01"`. They
+//! are checked by [`LorawanConfig::validate`], which names the key of every mistake.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fieldgate_adapter::ConfigProblem;
+use serde::Deserialize;
+
+use crate::codec::{self, CodecKind, LayoutField};
+
+/// `[[adapters]] type = "lorawan"`: a Semtech UDP packet-forwarder server and the devices
+/// whose frames it verifies, decrypts and decodes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LorawanConfig {
+    /// UDP address the packet forwarders send to (their `server_address` and
+    /// `serv_port_up`/`serv_port_down`). Default `"0.0.0.0:1700"`.
+    #[serde(default = "default_bind")]
+    pub bind: SocketAddr,
+    /// How RX1 downlinks are placed: `"eu868"` (default; also right for every region whose
+    /// RX1 channel is the uplink channel: EU433, CN779, IN865, KR920, AS923 with offset 0) or
+    /// `"us915"` / `"au915"` (the fixed 500 kHz downlink channels).
+    #[serde(default)]
+    pub region: Region,
+    /// The network id (3 bytes of hex) put in Join Accepts; its low 7 bits are the NwkID at
+    /// the top of every DevAddr that fieldgate gives out. Default `"000000"`.
+    #[serde(default = "default_net_id")]
+    pub net_id: String,
+    /// Copies of one frame heard by several gateways (or antennas) within this window are
+    /// delivered once, with the best RSSI/SNR. Default `"200ms"`.
+    #[serde(default = "default_dedup_window", with = "fieldgate_adapter::duration")]
+    pub dedup_window: Duration,
+    /// Transmit power of downlinks, in dBm. Default 14.
+    #[serde(default = "default_tx_power")]
+    pub tx_power: u8,
+    /// RX1 delay of the devices' sessions (`RECEIVE_DELAY1`, 1 to 15 s), sent in Join
+    /// Accepts and used for every downlink. Default `"1s"`.
+    #[serde(default = "default_rx1_delay", with = "fieldgate_adapter::duration")]
+    pub rx1_delay: Duration,
+    /// Delay of the Join Accept after the Join Request (`JOIN_ACCEPT_DELAY1`). Default `"5s"`.
+    #[serde(default = "default_join_delay", with = "fieldgate_adapter::duration")]
+    pub join_accept_delay: Duration,
+    /// Turn a forwarder's `stat` report (packets received, forwarded, sent; position) into
+    /// readings of the device `gateway-<eui>`. Default true.
+    #[serde(default = "yes")]
+    pub gateway_stats: bool,
+    /// Send each uplink's radio metadata (`rssi`, `snr`, `frequency`, `data_rate`,
+    /// `gateway`, `gateways`, `fcnt`, `fport`) as readings beside the decoded values.
+    /// Default true.
+    #[serde(default = "yes")]
+    pub metadata: bool,
+    /// The devices fieldgate terminates.
+    #[serde(default)]
+    pub devices: Vec<DeviceConfig>,
+    /// Raw forwarding of frames from devices not in `devices`.
+    #[serde(default)]
+    pub forward: ForwardConfig,
+}
+
+/// Where RX1 downlinks go.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Region {
+    /// RX1 on the uplink's frequency and data rate.
+    #[default]
+    Eu868,
+    /// RX1 on 923.3 + 0.6 × (uplink channel mod 8) MHz at 500 kHz.
+    Us915,
+    /// RX1 on 923.3 + 0.6 × (uplink channel mod 8) MHz at 500 kHz.
+    Au915,
+}
+
+/// How a device joined.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// Activation by personalization: DevAddr and session keys in config.
+    Abp,
+    /// Over-the-air activation: the device joins with its AppKey.
+    Otaa,
+}
+
+/// `[[adapters.devices]]`: one LoRaWAN end device.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// The device id its readings carry. Default: the DevEUI in lower-case hex.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// DevEUI, 8 bytes of hex.
+    pub dev_eui: String,
+    /// `"abp"` or `"otaa"`.
+    pub activation: Activation,
+    /// ABP: the device address, 4 bytes of hex.
+    #[serde(default)]
+    pub dev_addr: Option<String>,
+    /// ABP: the network session key, 16 bytes of hex.
+    #[serde(default)]
+    pub nwk_skey: Option<String>,
+    /// ABP: the application session key, 16 bytes of hex.
+    #[serde(default)]
+    pub app_skey: Option<String>,
+    /// ABP: the last uplink frame counter the device is known to have used, for a device
+    /// whose counter is already past 65535 when fieldgate first hears it (the upper 16 bits
+    /// are never on air). Ignored once fieldgate has stored a counter of its own.
+    #[serde(default)]
+    pub fcnt_up: Option<u32>,
+    /// OTAA: the root key, 16 bytes of hex.
+    #[serde(default)]
+    pub app_key: Option<String>,
+    /// OTAA: the JoinEUI (AppEUI) the device sends, 8 bytes of hex. Default: any.
+    #[serde(default)]
+    pub join_eui: Option<String>,
+    /// How the application payload is decoded: `"cayenne"` (Cayenne LPP), `"layout"`
+    /// (`fields` below) or `"raw"` (default: the bytes as one `payload` reading).
+    #[serde(default)]
+    pub codec: CodecKind,
+    /// `codec = "layout"`: where each value sits in the payload.
+    #[serde(default)]
+    pub fields: Vec<LayoutField>,
+}
+
+/// `[adapters.forward]`: frames of devices fieldgate does not know, queued raw (the whole
+/// PHYPayload as bytes) when they match, like a packet-forwarder bridge.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// Data frames whose DevAddr starts with one of these prefixes, written
+    /// `"26000000/7"` (address / prefix length in bits).
+    #[serde(default)]
+    pub dev_addr_prefixes: Vec<String>,
+    /// Join Requests with one of these JoinEUIs (8 bytes of hex).
+    #[serde(default)]
+    pub join_euis: Vec<String>,
+}
+
+const fn yes() -> bool {
+    true
+}
+fn default_bind() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 1700))
+}
+fn default_net_id() -> String {
+    "000000".into()
+}
+const fn default_dedup_window() -> Duration {
+    Duration::from_millis(200)
+}
+const fn default_tx_power() -> u8 {
+    14
+}
+const fn default_rx1_delay() -> Duration {
+    Duration::from_secs(1)
+}
+const fn default_join_delay() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Parses exactly `N` bytes of hex (separators `:`, `-` and spaces are allowed).
+pub fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], String> {
+    let digits: Vec<u8> = s
+        .bytes()
+        .filter(|b| !matches!(b, b':' | b'-' | b' '))
+        .collect();
+    if digits.len() != 2 * N {
+        return Err(format!(
+            "`{s}` has {} hex digits; it needs {} ({N} bytes)",
+            digits.len(),
+            2 * N
+        ));
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in digits.chunks(2).enumerate() {
+        let hi = hex_digit(pair[0]);
+        let lo = hex_digit(pair[1]);
+        match (hi, lo) {
+            (Some(h), Some(l)) => out[i] = (h << 4) | l,
+            _ => return Err(format!("`{s}` is not hex")),
+        }
+    }
+    Ok(out)
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
+}
+
+/// A DevAddr prefix: `addr` with its top `bits` bits significant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefix {
+    /// The address.
+    pub addr: u32,
+    /// How many leading bits must match (0 to 32).
+    pub bits: u8,
+}
+
+impl Prefix {
+    /// Parses `"26000000/7"`.
+    pub fn parse(s: &str) -> Result<Prefix, String> {
+        let (addr, bits) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` needs a length, like \"26000000/7\""))?;
+        let addr = u32::from_be_bytes(parse_hex::<4>(addr)?);
+        let bits: u8 = bits
+            .trim()
+            .parse()
+            .ok()
+            .filter(|b| *b <= 32)
+            .ok_or_else(|| format!("`{s}`: the prefix length must be 0 to 32"))?;
+        Ok(Prefix { addr, bits })
+    }
+
+    /// True if `addr` starts with this prefix.
+    pub fn matches(&self, addr: u32) -> bool {
+        let mask = if self.bits == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.bits))
+        };
+        addr & mask == self.addr & mask
+    }
+}
+
+impl LorawanConfig {
+    /// Every mistake in the section, by key.
+    pub fn validate(&self) -> Vec<ConfigProblem> {
+        let mut out = Vec::new();
+        let mut push = |k: String, m: String| out.push(ConfigProblem::new(k, m));
+        if let Err(e) = parse_hex::<3>(&self.net_id) {
+            push("net_id".into(), e);
+        }
+        let rx1 = self.rx1_delay.as_secs();
+        if !(1..=15).contains(&rx1) || self.rx1_delay.subsec_nanos() != 0 {
+            push(
+                "rx1_delay".into(),
+                "must be whole seconds from 1s to 15s".into(),
+            );
+        }
+        if self.join_accept_delay < Duration::from_secs(1)
+            || self.join_accept_delay > Duration::from_secs(15)
+        {
+            push(
+                "join_accept_delay".into(),
+                "must be from 1s to 15s (LoRaWAN's JOIN_ACCEPT_DELAY1 is 5s)".into(),
+            );
+        }
+        if self.dedup_window > Duration::from_millis(800) {
+            push(
+                "dedup_window".into(),
+                "must be at most 800ms: a downlink must still reach RX1, one second after the uplink".into(),
+            );
+        }
+        let mut euis: HashMap<[u8; 8], usize> = HashMap::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            let at = |k: &str| format!("devices[{i}].{k}");
+            match parse_hex::<8>(&d.dev_eui) {
+                Ok(eui) => {
+                    if let Some(j) = euis.insert(eui, i) {
+                        push(at("dev_eui"), format!("the same DevEUI as devices[{j}]"));
+                    }
+                }
+                Err(e) => push(at("dev_eui"), e),
+            }
+            let name = d.name.clone().unwrap_or_else(|| d.dev_eui.to_lowercase());
+            if name.trim().is_empty() {
+                push(at("name"), "must not be empty".into());
+            } else if let Some(j) = names.insert(name.clone(), i) {
+                push(
+                    at("name"),
+                    format!("`{name}` is already the name of devices[{j}]"),
+                );
+            }
+            type Keys<'k> = &'k [(&'k str, bool)];
+            let (needed, unwanted): (Keys<'_>, Keys<'_>) = match d.activation {
+                Activation::Abp => (
+                    &[
+                        ("dev_addr", d.dev_addr.is_some()),
+                        ("nwk_skey", d.nwk_skey.is_some()),
+                        ("app_skey", d.app_skey.is_some()),
+                    ],
+                    &[
+                        ("app_key", d.app_key.is_some()),
+                        ("join_eui", d.join_eui.is_some()),
+                    ],
+                ),
+                Activation::Otaa => (
+                    &[("app_key", d.app_key.is_some())],
+                    &[
+                        ("dev_addr", d.dev_addr.is_some()),
+                        ("nwk_skey", d.nwk_skey.is_some()),
+                        ("app_skey", d.app_skey.is_some()),
+                        ("fcnt_up", d.fcnt_up.is_some()),
+                    ],
+                ),
+            };
+            let mode = match d.activation {
+                Activation::Abp => "abp",
+                Activation::Otaa => "otaa",
+            };
+            for (k, present) in needed {
+                if !present {
+                    push(at(k), format!("is required for activation = \"{mode}\""));
+                }
+            }
+            for (k, present) in unwanted {
+                if *present {
+                    push(
+                        at(k),
+                        format!("is not used with activation = \"{mode}\"; remove it"),
+                    );
+                }
+            }
+            if let Some(Err(e)) = d.dev_addr.as_deref().map(parse_hex::<4>) {
+                push(at("dev_addr"), e);
+            }
+            for (k, v) in [
+                ("nwk_skey", &d.nwk_skey),
+                ("app_skey", &d.app_skey),
+                ("app_key", &d.app_key),
+            ] {
+                if let Some(Err(e)) = v.as_deref().map(parse_hex::<16>) {
+                    // Never echo a key back: it would land in logs.
+                    let e = if e.ends_with("is not hex") {
+                        "is not 16 bytes of hex".to_string()
+                    } else {
+                        e.split_once(" has ")
+                            .map_or(e.clone(), |(_, r)| format!("has {r}"))
+                    };
+                    push(at(k), e);
+                }
+            }
+            if let Some(Err(e)) = d.join_eui.as_deref().map(parse_hex::<8>) {
+                push(at("join_eui"), e);
+            }
+            for p in codec::validate(&d.codec, &d.fields) {
+                push(at(&p.key), p.message);
+            }
+        }
+        for (i, p) in self.forward.dev_addr_prefixes.iter().enumerate() {
+            if let Err(e) = Prefix::parse(p) {
+                push(format!("forward.dev_addr_prefixes[{i}]"), e);
+            }
+        }
+        for (i, e) in self.forward.join_euis.iter().enumerate() {
+            if let Err(e) = parse_hex::<8>(e) {
+                push(format!("forward.join_euis[{i}]"), e);
+            }
+        }
+        out
+    }
+}
