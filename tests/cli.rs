@@ -108,6 +108,31 @@ fn broken_configs_exit_2_with_one_line_per_error() {
         );
     }
 
+    // LoRaWAN keys: a short key is named by its key path, and never echoed into the log.
+    let poles = std::fs::read_to_string(repo().join("config/smart-pole.toml")).expect("smart-pole");
+    let short = poles.replace(
+        "nwk_skey = \"22222222222222222222222222222222\"",
+        "nwk_skey = \"2222222222222222222222222222222\"",
+    );
+    assert_ne!(short, poles);
+    let path = write(dir.path(), "short-key.toml", &short);
+    let out = run(&["check", "-c", path.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(2));
+    let lines = stderr_lines(&out);
+    // (The example's MQTT password comes from the environment, unset here: a second error.)
+    let errors: Vec<_> = lines.iter().filter(|l| l.contains("nwk_skey")).collect();
+    assert_eq!(errors.len(), 1, "{lines:?}");
+    assert!(
+        errors[0].contains("short-key.toml:50: adapters[0].devices[1].nwk_skey: has 31 hex digits; it needs 32"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        !errors[0].contains("2222222"),
+        "the key leaked: {}",
+        errors[0]
+    );
+
     // All of them at once: every error is reported, one line each.
     let all = good
         .replace("[gateway]", "[gateway]\ncolour = \"red\"")

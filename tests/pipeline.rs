@@ -269,3 +269,37 @@ fn weather_station_demo_reads_nmea_over_a_serial_port() {
     );
     assert!(stdout.contains(" readings committed, 0 lost."), "{stdout}");
 }
+
+/// `config/smart-pole.toml`, unchanged but for its UDP address and broker, against a
+/// simulated packet forwarder: three poles' Cayenne LPP uplinks are verified, decrypted and
+/// decoded, with their radio metadata, and arrive through the broker.
+#[test]
+fn smart_pole_demo_decodes_lorawan_uplinks() {
+    let stdout = demo("smart-pole");
+    for pole in ["pole-01", "pole-02", "pole-03"] {
+        for (point, unit) in [
+            ("temperature_1", " °C "),
+            ("humidity_2", " %RH "),
+            ("concentration_3", " ppm "),
+            ("illuminance_5", " lux "),
+            ("rssi", " dBm "),
+            ("snr", " dB "),
+        ] {
+            let needle = format!("poles/{pole}/{point} = ");
+            let line = stdout
+                .lines()
+                .find(|l| l.contains(&needle))
+                .unwrap_or_else(|| panic!("no {needle} in:\n{stdout}"));
+            assert!(line.contains(unit), "{line}");
+        }
+        assert!(
+            stdout.contains(&format!("poles/{pole}/fcnt = 0 ")),
+            "{stdout}"
+        );
+    }
+    assert!(
+        !stdout.contains("(stale:") && !stdout.contains("(bad:"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(" readings committed, 0 lost."), "{stdout}");
+}

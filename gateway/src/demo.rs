@@ -17,6 +17,7 @@ use crate::broker::{Broker, BrokerOptions};
 use crate::config::{Config, ConfigErrors};
 use crate::pipeline::{self, PipelineError};
 use crate::uplink::mqtt::parse_url;
+use fieldgate_lorawan::sim::run_smart_poles;
 use fieldgate_modbus::sim::{water_tank, PtyBus, SimServer};
 use fieldgate_serial::sim::{spawn_weather_station, VirtualPort};
 
@@ -26,6 +27,8 @@ pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
 pub const WATER_TANK_CONFIG: &str = include_str!("../../config/water-tank.toml");
 /// The weather-station example, as shipped in `config/weather-station.toml`.
 pub const WEATHER_STATION_CONFIG: &str = include_str!("../../config/weather-station.toml");
+/// The smart-pole example, as shipped in `config/smart-pole.toml`.
+pub const SMART_POLE_CONFIG: &str = include_str!("../../config/smart-pole.toml");
 
 /// Which site the demo runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,6 +43,9 @@ pub enum Site {
     /// `config/weather-station.toml` unchanged but for its serial port and broker: a
     /// simulated NMEA weather station on a pseudo-terminal.
     WeatherStation,
+    /// `config/smart-pole.toml` unchanged but for its UDP port and broker: a simulated
+    /// packet forwarder with three smart poles sending Cayenne LPP uplinks.
+    SmartPole,
 }
 
 impl Site {
@@ -48,6 +54,7 @@ impl Site {
             Site::PumpStation => ("demo.toml", DEMO_CONFIG),
             Site::WaterTank => ("water-tank.toml", WATER_TANK_CONFIG),
             Site::WeatherStation => ("weather-station.toml", WEATHER_STATION_CONFIG),
+            Site::SmartPole => ("smart-pole.toml", SMART_POLE_CONFIG),
         }
     }
 
@@ -57,6 +64,7 @@ impl Site {
             Site::PumpStation => format!("fieldgate/{gateway}/#"),
             Site::WaterTank => format!("water/{gateway}/#"),
             Site::WeatherStation => format!("weather/{gateway}/#"),
+            Site::SmartPole => format!("poles/{gateway}/#"),
         }
     }
 }
@@ -84,7 +92,8 @@ pub fn config(dir: &Path, broker_url: &str) -> Result<Config, ConfigErrors> {
 }
 
 /// The config of `site` with its state under `dir`, publishing to `broker_url`; `serial` is
-/// the port of the site's simulated serial devices.
+/// the port of the site's simulated serial devices (for the smart-pole site, the UDP address
+/// its LoRaWAN adapter listens on).
 pub fn site_config(
     site: Site,
     dir: &Path,
@@ -114,6 +123,13 @@ pub fn site_config(
             // The embedded broker takes any password; the example reads it from here.
             env.push(("MQTT_PASSWORD".to_string(), "demo".to_string()));
         }
+        Site::SmartPole => {
+            env.push((
+                "FIELDGATE_ADAPTERS__0__BIND".to_string(),
+                format!("\"{}\"", serial.unwrap_or("127.0.0.1:1700")),
+            ));
+            env.push(("MQTT_PASSWORD".to_string(), "demo".to_string()));
+        }
     }
     let (name, text) = site.text();
     Config::from_toml(&dir.join(name), text, &env)
@@ -125,6 +141,13 @@ pub fn site_config(
 struct SimDevices {
     _tanks: Option<TankBus>,
     _station: Option<AbortOnDrop>,
+    _stop: Option<fieldgate_adapter::ShutdownTrigger>,
+}
+
+/// A loopback UDP address that was free a moment ago, for the demo's LoRaWAN adapter (the
+/// config names its address; the simulated forwarder needs to know it up front).
+fn free_udp_port() -> std::io::Result<SocketAddr> {
+    std::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?.local_addr()
 }
 
 /// A task aborted when dropped.
@@ -204,6 +227,22 @@ pub async fn run(
             };
             (devices, Some(path))
         }
+        Site::SmartPole => {
+            let addr = free_udp_port()?;
+            let (stop, poles_shutdown) = fieldgate_adapter::ShutdownTrigger::new();
+            let poles = tokio::spawn(run_smart_poles(
+                addr,
+                3,
+                Duration::from_secs(2),
+                poles_shutdown,
+            ));
+            let devices = SimDevices {
+                _station: Some(AbortOnDrop(poles)),
+                _stop: Some(stop),
+                ..SimDevices::default()
+            };
+            (devices, Some(addr.to_string()))
+        }
         Site::PumpStation => (SimDevices::default(), None),
     };
     let config = site_config(site, dir.path(), &url, serial.as_deref())?;
@@ -214,6 +253,9 @@ pub async fn run(
         (Site::WeatherStation, Some(path)) => {
             format!("an NMEA weather station on {path} (config/weather-station.toml)")
         }
+        (Site::SmartPole, Some(addr)) => format!(
+            "a LoRa packet forwarder with three smart poles sending to UDP {addr} (config/smart-pole.toml)"
+        ),
         _ => "simulated pump station (config/demo.toml)".to_string(),
     };
     println!(

@@ -48,9 +48,10 @@ enum Command {
         #[arg(long)]
         broker: Option<String>,
         /// The site: "pump-station" (config/demo.toml, simulated devices), "water-tank"
-        /// (config/water-tank.toml: three Modbus RTU tanks simulated on a pseudo-terminal) or
+        /// (config/water-tank.toml: three Modbus RTU tanks simulated on a pseudo-terminal),
         /// "weather-station" (config/weather-station.toml: an NMEA weather station simulated
-        /// on a pseudo-terminal).
+        /// on a pseudo-terminal) or "smart-pole" (config/smart-pole.toml: three LoRaWAN smart
+        /// poles behind a simulated packet forwarder).
         #[arg(long, value_enum, default_value = "pump-station")]
         site: DemoSite,
     },
@@ -116,6 +117,8 @@ enum DemoSite {
     WaterTank,
     /// config/weather-station.toml: an NMEA weather station simulated on a pseudo-terminal.
     WeatherStation,
+    /// config/smart-pole.toml: LoRaWAN smart poles behind a simulated packet forwarder.
+    SmartPole,
 }
 
 #[derive(Debug, Subcommand)]
@@ -281,6 +284,7 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
                     DemoSite::PumpStation => demo::Site::PumpStation,
                     DemoSite::WaterTank => demo::Site::WaterTank,
                     DemoSite::WeatherStation => demo::Site::WeatherStation,
+                    DemoSite::SmartPole => demo::Site::SmartPole,
                 };
                 demo::run(site, duration, broker, signals()?).await?;
                 anyhow::Ok(ExitCode::SUCCESS)

@@ -130,6 +130,13 @@ impl Parts {
                                 .map(|a| Box::new(a) as Box<dyn Adapter>)
                         })
                     }
+                    AdapterConfig::Lorawan(c) => {
+                        let c = c.clone();
+                        Box::new(move || {
+                            Ok(Box::new(fieldgate_lorawan::Lorawan::new((*c).clone()))
+                                as Box<dyn Adapter>)
+                        })
+                    }
                 };
                 (a.id.clone(), factory)
             })

@@ -334,6 +334,7 @@ pub async fn run_smart_poles(
     let mut devices: Vec<SimDevice> = (1..=poles).map(pole_device).collect();
     let mut t = 0u64;
     let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.fired() => return,

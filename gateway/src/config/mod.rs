@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fieldgate_lorawan::LorawanConfig;
 use fieldgate_modbus::ModbusConfig;
 use fieldgate_serial::SerialConfig;
 use fieldgate_simulator::SimulatorConfig;
@@ -213,11 +214,13 @@ pub enum AdapterConfig {
     Modbus(ModbusConfig),
     /// `type = "serial"` (boxed: its section is several times larger than the others).
     Serial(Box<SerialConfig>),
+    /// `type = "lorawan"` (boxed, like serial).
+    Lorawan(Box<LorawanConfig>),
 }
 
 impl AdapterConfig {
     /// Every value of `type`.
-    pub const TYPES: &'static [&'static str] = &["simulator", "modbus", "serial"];
+    pub const TYPES: &'static [&'static str] = &["simulator", "modbus", "serial", "lorawan"];
 
     /// The `type` string.
     pub fn type_name(&self) -> &'static str {
@@ -225,6 +228,7 @@ impl AdapterConfig {
             AdapterConfig::Simulator(_) => "simulator",
             AdapterConfig::Modbus(_) => "modbus",
             AdapterConfig::Serial(_) => "serial",
+            AdapterConfig::Lorawan(_) => "lorawan",
         }
     }
 }
@@ -762,6 +766,13 @@ fn adapter(c: &mut Collector, entry: &Value, at: &KeyPath, base: &Path) -> Optio
                 return None;
             }
             AdapterConfig::Serial(Box::new(cfg))
+        }
+        "lorawan" => {
+            let cfg: LorawanConfig = c.extract_with(&rest, at, ADAPTER_KEYS)?;
+            if !c.push_all(at, cfg.validate()) {
+                return None;
+            }
+            AdapterConfig::Lorawan(Box::new(cfg))
         }
         _ => return None,
     };
