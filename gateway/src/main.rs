@@ -74,22 +74,26 @@ enum Command {
         skip_pipeline: bool,
         /// Measure the MQTT uplink against this broker instead (e.g. a local Mosquitto at
         /// mqtt://127.0.0.1:1883), beside a bare rumqttc publisher.
-        #[arg(long, conflicts_with_all = ["modbus", "https", "serial"])]
+        #[arg(long, conflicts_with_all = ["modbus", "https", "serial", "lorawan"])]
         mqtt: Option<String>,
         /// Measure the HTTPS uplink instead, against an HTTPS ingest server started in this
         /// process, beside a bare reqwest client posting the same bodies.
-        #[arg(long, conflicts_with_all = ["modbus", "serial"])]
+        #[arg(long, conflicts_with_all = ["modbus", "serial", "lorawan"])]
         https: bool,
         /// Measure the Modbus adapter instead: scans of --points holding registers on a
         /// loopback Modbus TCP server (requests per scan, coalesced and not), then points/s
         /// into the queue.
-        #[arg(long, conflicts_with = "serial")]
+        #[arg(long, conflicts_with_all = ["serial", "lorawan"])]
         modbus: bool,
         /// Measure the serial adapter instead: a weather station's NMEA sentences decoded in
         /// memory, then through a pseudo-terminal into the queue, paced at 115200 baud and
         /// unthrottled (lines/s).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "lorawan")]
         serial: bool,
+        /// Measure the LoRaWAN adapter instead: smart-pole uplinks verified, decrypted and
+        /// decoded in memory, then into the queue (uplinks/s; --readings / 10 uplinks).
+        #[arg(long)]
+        lorawan: bool,
         /// Holding registers for --modbus.
         #[arg(long, default_value_t = 10_000)]
         points: u16,
@@ -301,6 +305,7 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
             https,
             modbus,
             serial,
+            lorawan,
             points,
         } => {
             init_logging(
@@ -343,6 +348,11 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
                     &opts.dir,
                     points.max(1),
                     opts.readings,
+                    opts.batch,
+                ))?,
+                None if lorawan => rt.block_on(bench::run_lorawan(
+                    &opts.dir,
+                    opts.readings / 10,
                     opts.batch,
                 ))?,
                 None if serial => {

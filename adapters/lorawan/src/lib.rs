@@ -66,7 +66,9 @@ pub struct Effects {
 struct Pending {
     at: SystemTime,
     best: RxMeta,
-    copies: usize,
+    /// The distinct gateways that heard it (a gateway may report a frame twice, from two
+    /// antennas or by a retransmission of its PUSH_DATA).
+    gateways: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -270,7 +272,9 @@ impl Server {
             };
             if let Some(p) = self.pending.get_mut(&phy) {
                 LorawanStats::bump(&self.net.stats().duplicates);
-                p.copies += 1;
+                if !p.gateways.contains(&gateway) && p.gateways.len() < 64 {
+                    p.gateways.push(gateway);
+                }
                 if meta.better_than(&p.best) {
                     p.best = meta;
                 }
@@ -285,7 +289,7 @@ impl Server {
                 Pending {
                     at,
                     best: meta,
-                    copies: 1,
+                    gateways: vec![gateway],
                 },
             );
         }
@@ -331,7 +335,7 @@ impl Server {
     }
 
     /// Handles every frame whose window closed by `now` (every frame with `all`), and
-    /// answers in-flight downlinks whose TX_ACK did not come.
+    /// answers in-flight downlinks whose TX_ACK did not come within [`TX_ACK_TIMEOUT`].
     pub fn flush(&mut self, now: Instant, all: bool, out: &mut Effects) {
         while self.order.front().is_some_and(|(d, _)| all || *d <= now) {
             self.flush_one(out);
@@ -340,7 +344,7 @@ impl Server {
         let late: Vec<(u64, u16)> = self
             .in_flight
             .iter()
-            .filter(|(_, f)| all || now.duration_since(f.sent) >= TX_ACK_TIMEOUT)
+            .filter(|(_, f)| now.duration_since(f.sent) >= TX_ACK_TIMEOUT)
             .map(|(k, _)| *k)
             .collect();
         for k in late {
@@ -359,7 +363,7 @@ impl Server {
         let Some(p) = self.pending.remove(&phy) else {
             return;
         };
-        let outcome = self.net.handle(&phy, &p.best, p.copies, p.at);
+        let outcome = self.net.handle(&phy, &p.best, p.gateways.len(), p.at);
         out.readings.extend(outcome.readings);
         if let Some(r) = outcome.rejected {
             self.rejected(r, &phy, &p.best);
@@ -508,9 +512,14 @@ async fn run(mut me: Lorawan, mut ctx: AdapterContext) -> Result<(), AdapterErro
             .min(tokio::time::Instant::now() + tick.max(Duration::from_secs(1)));
         tokio::select! {
             () = shutdown.fired() => {
-                // Frames still in the window are handled, stored and queued before stopping.
+                // Frames still in the window are handled, stored and queued before stopping,
+                // and their downlinks sent. Commands still waiting for a TX_ACK are dropped
+                // unanswered, which tells their senders the outcome is unknown.
                 server.flush(Instant::now(), true, &mut fx);
                 save(&ctx, server.network().take_dirty()).await?;
+                for (to, d) in &fx.downlinks {
+                    let _ = socket.send_to(d, to).await;
+                }
                 let _ = ctx.readings.send_all(fx.readings).await;
                 return Ok(());
             }

@@ -348,6 +348,9 @@ pub struct Network {
     dirty: HashSet<usize>,
     stats: Arc<LorawanStats>,
     meta_names: MetaNames,
+    /// Units of decoded values, shared: the queue recognizes a series by the addresses of
+    /// its names, so a fresh `Name` per reading would cost it a string hash each time.
+    units: HashMap<String, Name>,
 }
 
 #[derive(Debug)]
@@ -433,6 +436,7 @@ impl Network {
             dirty: HashSet::new(),
             stats,
             meta_names: MetaNames::new(),
+            units: HashMap::new(),
         };
         for d in &cfg.devices {
             let Ok(eui) = parse_hex::<8>(&d.dev_eui).map(u64::from_be_bytes) else {
@@ -784,7 +788,18 @@ impl Network {
                     let mut r =
                         Reading::new(self.adapter.clone(), d.name.clone(), point, at, v.value);
                     if let Some(u) = v.unit {
-                        r = r.with_unit(u);
+                        let unit = match self.units.get(&u) {
+                            Some(n) => n.clone(),
+                            None => {
+                                let n = Name::from(u.as_str());
+                                // Units come from config or the fixed Cayenne table: bounded.
+                                if self.units.len() < 1024 {
+                                    self.units.insert(u, n.clone());
+                                }
+                                n
+                            }
+                        };
+                        r.unit = Some(unit);
                     }
                     out.push(r);
                 }

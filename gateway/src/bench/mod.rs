@@ -25,10 +25,12 @@ use crate::queue::{Durability, Queue, QueueError, QueueOptions};
 use crate::uplink::{FileUplink, Filter, ForwarderOptions, Uplink};
 
 mod https;
+mod lorawan;
 mod modbus;
 mod mqtt;
 mod serial;
 pub use https::run as run_https;
+pub use lorawan::run as run_lorawan;
 pub use modbus::run as run_modbus;
 pub use mqtt::run as run_mqtt;
 pub use serial::run as run_serial;
@@ -626,6 +628,27 @@ mod tests {
             ]
         );
         assert!(report.phases[2].readings >= 5000, "{:?}", report.phases[2]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_lorawan_bench_delivers_every_uplink() {
+        let target = concat!(env!("CARGO_MANIFEST_DIR"), "/../target");
+        std::fs::create_dir_all(target).expect("target dir");
+        let dir = tempfile::tempdir_in(target).expect("tempdir");
+        let report = run_lorawan(dir.path(), 1000, 500)
+            .await
+            .expect("bench runs");
+        let names: Vec<_> = report.phases.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(
+            names[0].starts_with("lorawan verify+decrypt+decode: "),
+            "{names:?}"
+        );
+        // Every uplink verified and decoded: five Cayenne values and eight metadata
+        // readings each, then five without metadata.
+        assert_eq!(report.phases[0].readings, 13 * 1000);
+        assert_eq!(report.phases[1].readings, 13 * 1000);
+        assert_eq!(report.phases[2].readings, 5 * 1000);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,7 +59,7 @@ fn template_is_valid() {
         .expect("template valid");
     assert_eq!(c.gateway.id, "site-01");
     let kinds: Vec<&str> = c.adapters.iter().map(|a| a.kind.type_name()).collect();
-    assert_eq!(kinds, ["simulator", "modbus", "serial"]);
+    assert_eq!(kinds, ["simulator", "modbus", "serial", "lorawan"]);
     let uplinks: Vec<&str> = c.uplinks.iter().map(|u| u.kind.type_name()).collect();
     assert_eq!(uplinks, ["mqtt", "https", "file"]);
 }
