@@ -269,7 +269,13 @@ impl LorawanConfig {
                 }
                 Err(e) => push(at("dev_eui"), e),
             }
-            let name = d.name.clone().unwrap_or_else(|| d.dev_eui.to_lowercase());
+            // The same default as the network's: the DevEUI as 16 lower-case hex digits.
+            let name = d.name.clone().unwrap_or_else(|| {
+                parse_hex::<8>(&d.dev_eui).map_or_else(
+                    |_| d.dev_eui.to_lowercase(),
+                    |e| format!("{:016x}", u64::from_be_bytes(e)),
+                )
+            });
             if name.trim().is_empty() {
                 push(at("name"), "must not be empty".into());
             } else if let Some(j) = names.insert(name.clone(), i) {

@@ -239,7 +239,9 @@ impl Server {
         out: &mut Effects,
     ) {
         if let Some(stat) = p.stat {
-            if self.gateway_stats {
+            // Only gateways with a route (they sent PULL_DATA) report, and only so many: a
+            // spoofed `stat` with a random EUI must not make up devices without end.
+            if self.gateway_stats && self.gateways.contains_key(&gateway) {
                 self.gateway_readings(gateway, &stat, at, &mut out.readings);
             }
         }
@@ -249,7 +251,9 @@ impl Server {
                 LorawanStats::bump(&self.stats().crc_errors);
                 continue;
             }
-            let Some(phy) = semtech::base64_decode(&rx.data) else {
+            // A PHYPayload is at most 255 bytes (LoRa's own limit); anything longer is not a
+            // frame and must not take memory in the window.
+            let Some(phy) = semtech::base64_decode(&rx.data).filter(|p| p.len() <= 255) else {
                 LorawanStats::bump(&self.stats().malformed);
                 self.complaints.note(&self.adapter, "base64", || {
                     format!(
@@ -467,16 +471,43 @@ impl Adapter for Lorawan {
     }
 }
 
+/// Stores `entries`, retrying with backoff while the store fails (a busy or full disk): the
+/// readings and downlinks of the batch wait meanwhile, and are not lost. Gives up only when
+/// the adapter is told to stop.
 async fn save(ctx: &AdapterContext, entries: Vec<(String, Vec<u8>)>) -> Result<(), AdapterError> {
     if entries.is_empty() {
         return Ok(());
     }
-    let state = Arc::clone(&ctx.state);
-    let scope = ctx.id.to_string();
-    tokio::task::spawn_blocking(move || state.save(&scope, &entries))
-        .await
-        .map_err(|e| AdapterError::Other(e.to_string()))?
-        .map_err(|e| AdapterError::Other(e.to_string()))
+    let entries = Arc::new(entries);
+    let mut backoff = fieldgate_adapter::backoff::Backoff::new(
+        Duration::from_millis(200),
+        Duration::from_secs(10),
+    );
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        let state = Arc::clone(&ctx.state);
+        let scope = ctx.id.to_string();
+        let e = Arc::clone(&entries);
+        let r = tokio::task::spawn_blocking(move || state.save(&scope, &e))
+            .await
+            .map_err(|e| AdapterError::Other(e.to_string()))?;
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(adapter = %ctx.id, error = %e, retry_in = ?delay, "cannot store LoRaWAN session state; holding the batch");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.fired(), if !shutdown.is_fired() => {}
+                }
+                if shutdown.is_fired() {
+                    return Err(AdapterError::Other(format!(
+                        "state not stored at shutdown: {e}"
+                    )));
+                }
+            }
+        }
+    }
 }
 
 async fn run(mut me: Lorawan, mut ctx: AdapterContext) -> Result<(), AdapterError> {

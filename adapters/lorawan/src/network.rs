@@ -223,6 +223,8 @@ struct Device {
     dev_nonces: VecDeque<u16>,
     queue: VecDeque<Command>,
     points: HashMap<String, Name>,
+    /// The counter of the last confirmed uplink acknowledged a second time.
+    reacked: Option<u32>,
 }
 
 impl Device {
@@ -278,16 +280,18 @@ fn fingerprint(parts: &[&[u8]]) -> u32 {
 
 /// The 32-bit counter a 16-bit wire value stands for after `last`: the smallest value above
 /// `last` with those low bits (the device counts up, and 16 bits may have wrapped). With no
-/// `last`, the wire value itself.
-pub fn next_fcnt(last: Option<u32>, wire: u16) -> u32 {
+/// `last`, the wire value itself. `None` past the end of the 32-bit space: the session is
+/// used up (the device must rejoin or be rekeyed), and wrapping to a small counter would
+/// reopen every old frame to replay.
+pub fn next_fcnt(last: Option<u32>, wire: u16) -> Option<u32> {
     match last {
-        None => u32::from(wire),
+        None => Some(u32::from(wire)),
         Some(last) => {
             let c = (last & 0xFFFF_0000) | u32::from(wire);
             if c > last {
-                c
+                Some(c)
             } else {
-                c.wrapping_add(0x1_0000)
+                c.checked_add(0x1_0000)
             }
         }
     }
@@ -477,6 +481,7 @@ impl Network {
                 dev_nonces: VecDeque::new(),
                 queue: VecDeque::new(),
                 points: HashMap::new(),
+                reacked: None,
             });
             net.by_eui.insert(eui, idx);
             net.by_name.insert(name, idx);
@@ -662,10 +667,11 @@ impl Network {
             let d = &self.devices[idx];
             let Some(s) = d.session else { continue };
             let key = AES128(s.nwk_skey);
-            let fcnt = next_fcnt(d.fcnt_up, wire);
-            if enc.validate_mic(&key, fcnt) {
-                found = Some((idx, fcnt));
-                break;
+            if let Some(fcnt) = next_fcnt(d.fcnt_up, wire) {
+                if enc.validate_mic(&key, fcnt) {
+                    found = Some((idx, fcnt));
+                    break;
+                }
             }
             if let Some(last) = d.fcnt_up {
                 let old = old_fcnt(last, wire);
@@ -679,8 +685,10 @@ impl Network {
             (Some(f), _) => f,
             (None, Some((idx, old, last))) => {
                 // A confirmed uplink sent again because our ACK was lost: acknowledge it
-                // again, but deliver nothing twice.
-                if ack_requested && old == last {
+                // again (once per counter, so a replayed copy cannot make the gateway
+                // transmit without end), but deliver nothing twice.
+                if ack_requested && old == last && self.devices[idx].reacked != Some(old) {
+                    self.devices[idx].reacked = Some(old);
                     let downlink = self.downlink(idx, best, true, false);
                     return Outcome {
                         downlink,

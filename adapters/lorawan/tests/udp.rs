@@ -742,6 +742,12 @@ async fn frame_counters_survive_a_restart() {
 async fn gateway_stat_reports_become_readings_of_the_gateway() {
     let mut gw = start(config(POLE), MemoryState::shared()).await;
     let mut fwd = gw.forwarder(GW_B).await;
+    // A gateway that never sent PULL_DATA is not one of ours yet: its `stat` makes no device
+    // (a spoofed EUI must not grow the series without end).
+    assert!(fwd.stat(json!({ "rxnb": 1 })).await);
+    let early = drain(&mut gw.rx, Duration::from_millis(200)).await;
+    assert!(early.is_empty(), "{early:?}");
+    assert!(fwd.pull().await);
     assert!(
         fwd.stat(json!({
             "time": "2024-05-01 12:00:00 GMT",

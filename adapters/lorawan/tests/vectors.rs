@@ -194,10 +194,13 @@ fn counters_above_65535_need_the_upper_bits_the_air_does_not_carry() {
         Some(Reject::BadMic)
     );
     // The reconstruction rule itself, with hand-computed cases.
-    assert_eq!(next_fcnt(None, 7), 7);
-    assert_eq!(next_fcnt(Some(65_535), 0), 65_536);
-    assert_eq!(next_fcnt(Some(0x0001_2AFF), 0x2B00), 0x0001_2B00);
-    assert_eq!(next_fcnt(Some(0x0001_2AFF), 0x2AFF), 0x0002_2AFF);
+    assert_eq!(next_fcnt(None, 7), Some(7));
+    assert_eq!(next_fcnt(Some(65_535), 0), Some(65_536));
+    assert_eq!(next_fcnt(Some(0x0001_2AFF), 0x2B00), Some(0x0001_2B00));
+    assert_eq!(next_fcnt(Some(0x0001_2AFF), 0x2AFF), Some(0x0002_2AFF));
+    // Past the 32-bit space nothing is accepted (wrapping would reopen old frames).
+    assert_eq!(next_fcnt(Some(0xFFFF_FFF0), 3), None);
+    assert_eq!(next_fcnt(Some(0xFFFF_FFF0), 0xFFF5), Some(0xFFFF_FFF5));
 }
 
 #[test]

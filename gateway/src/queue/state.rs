@@ -25,11 +25,10 @@ impl SqliteState {
     pub fn open(path: &Path, durability: Durability) -> Result<SqliteState, QueueError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
-        let sync = match durability {
-            Durability::Crash => "NORMAL",
-            Durability::PowerLoss => "FULL",
-        };
-        conn.pragma_update(None, "synchronous", sync)?;
+        // Always FULL, whatever the queue's durability: a counter rolled back by a power cut
+        // would let a replay through, or reuse a downlink counter (and with it the keystream).
+        let _ = durability;
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "cache_size", -256)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS adapter_state (
