@@ -107,7 +107,7 @@ fn single_mistakes_name_file_line_and_key() {
     );
     check(
         &MINIMAL.replace("type = \"simulator\"", "type = \"modbuss\""),
-        &["/etc/fieldgate/site.toml:4: adapters[0].type: unknown adapter type `modbuss`; expected one of: \"simulator\", \"modbus\", \"serial\""],
+        &["/etc/fieldgate/site.toml:4: adapters[0].type: unknown adapter type `modbuss`; expected one of: \"simulator\", \"modbus\", \"serial\", \"lorawan\""],
     );
     check(
         &format!("{MINIMAL}\n[queue]\nbatch_size = \"many\"\n"),
@@ -157,7 +157,7 @@ adapters = ["sim", "nope"]
         "/etc/fieldgate/site.toml:8: queue.colour: unknown key `colour`; expected one of: path, durability, max_bytes, max_age, when_full, batch_size, flush_interval, channel_capacity",
         "/etc/fieldgate/site.toml:7: queue.when_full: unknown value `drop_everything`; expected one of: \"drop_oldest\", \"drop_newest\", \"block\"",
         "/etc/fieldgate/site.toml:18: adapters[0].devices[0].points[0].interval: a bare number (5) is ambiguous; write the unit, like \"5s\" or \"5ms\"",
-        "/etc/fieldgate/site.toml:24: adapters[1].type: unknown adapter type `gps`; expected one of: \"simulator\", \"modbus\", \"serial\"",
+        "/etc/fieldgate/site.toml:24: adapters[1].type: unknown adapter type `gps`; expected one of: \"simulator\", \"modbus\", \"serial\", \"lorawan\"",
         "/etc/fieldgate/site.toml:26: uplinks[0].path: missing required key `path`",
         "/etc/fieldgate/site.toml:23: adapters[1].id: id `sim` is already used by adapters[0]",
         "/etc/fieldgate/site.toml:29: uplinks[0].adapters[1]: no adapter has id `nope`; known: sim",        "/etc/fieldgate/site.toml:6: queue.flush_interval: must be greater than zero and at most 60s, like \"200ms\"",
