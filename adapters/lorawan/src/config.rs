@@ -163,26 +163,56 @@ const fn default_join_delay() -> Duration {
     Duration::from_secs(5)
 }
 
+/// Why a hex value did not parse. It says nothing of the value itself, so that a key is
+/// never echoed into a log; callers quote identifiers themselves (see [`quoted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HexError {
+    /// The wrong number of digits.
+    Length {
+        /// Digits found.
+        digits: usize,
+        /// Bytes wanted.
+        bytes: usize,
+    },
+    /// A character that is not a hex digit (or separator).
+    NotHex,
+}
+
+impl std::fmt::Display for HexError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HexError::Length { digits, bytes } => write!(
+                f,
+                "has {digits} hex digits; it needs {} ({bytes} bytes)",
+                2 * bytes
+            ),
+            HexError::NotHex => f.write_str("is not hex"),
+        }
+    }
+}
+
+/// The error about a value that is not secret, quoting it: "`26011f0` has 7 hex digits...".
+pub fn quoted(s: &str, e: HexError) -> String {
+    format!("`{s}` {e}")
+}
+
 /// Parses exactly `N` bytes of hex (separators `:`, `-` and spaces are allowed).
-pub fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], String> {
+pub fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], HexError> {
     let digits: Vec<u8> = s
         .bytes()
         .filter(|b| !matches!(b, b':' | b'-' | b' '))
         .collect();
     if digits.len() != 2 * N {
-        return Err(format!(
-            "`{s}` has {} hex digits; it needs {} ({N} bytes)",
-            digits.len(),
-            2 * N
-        ));
+        return Err(HexError::Length {
+            digits: digits.len(),
+            bytes: N,
+        });
     }
     let mut out = [0u8; N];
     for (i, pair) in digits.chunks(2).enumerate() {
-        let hi = hex_digit(pair[0]);
-        let lo = hex_digit(pair[1]);
-        match (hi, lo) {
+        match (hex_digit(pair[0]), hex_digit(pair[1])) {
             (Some(h), Some(l)) => out[i] = (h << 4) | l,
-            _ => return Err(format!("`{s}` is not hex")),
+            _ => return Err(HexError::NotHex),
         }
     }
     Ok(out)
@@ -207,7 +237,7 @@ impl Prefix {
         let (addr, bits) = s
             .split_once('/')
             .ok_or_else(|| format!("`{s}` needs a length, like \"26000000/7\""))?;
-        let addr = u32::from_be_bytes(parse_hex::<4>(addr)?);
+        let addr = u32::from_be_bytes(parse_hex::<4>(addr).map_err(|e| quoted(addr, e))?);
         let bits: u8 = bits
             .trim()
             .parse()
@@ -234,7 +264,7 @@ impl LorawanConfig {
         let mut out = Vec::new();
         let mut push = |k: String, m: String| out.push(ConfigProblem::new(k, m));
         if let Err(e) = parse_hex::<3>(&self.net_id) {
-            push("net_id".into(), e);
+            push("net_id".into(), quoted(&self.net_id, e));
         }
         let rx1 = self.rx1_delay.as_secs();
         if !(1..=15).contains(&rx1) || self.rx1_delay.subsec_nanos() != 0 {
@@ -267,7 +297,7 @@ impl LorawanConfig {
                         push(at("dev_eui"), format!("the same DevEUI as devices[{j}]"));
                     }
                 }
-                Err(e) => push(at("dev_eui"), e),
+                Err(e) => push(at("dev_eui"), quoted(&d.dev_eui, e)),
             }
             // The same default as the network's: the DevEUI as 16 lower-case hex digits.
             let name = d.name.clone().unwrap_or_else(|| {
@@ -324,27 +354,27 @@ impl LorawanConfig {
                     );
                 }
             }
-            if let Some(Err(e)) = d.dev_addr.as_deref().map(parse_hex::<4>) {
-                push(at("dev_addr"), e);
+            if let Some(a) = d.dev_addr.as_deref() {
+                if let Err(e) = parse_hex::<4>(a) {
+                    push(at("dev_addr"), quoted(a, e));
+                }
             }
             for (k, v) in [
                 ("nwk_skey", &d.nwk_skey),
                 ("app_skey", &d.app_skey),
                 ("app_key", &d.app_key),
             ] {
-                if let Some(Err(e)) = v.as_deref().map(parse_hex::<16>) {
-                    // Never echo a key back: it would land in logs.
-                    let e = if e.ends_with("is not hex") {
-                        "is not 16 bytes of hex".to_string()
-                    } else {
-                        e.split_once(" has ")
-                            .map_or(e.clone(), |(_, r)| format!("has {r}"))
-                    };
-                    push(at(k), e);
+                // A key is never quoted: it would land in logs.
+                match v.as_deref().map(parse_hex::<16>) {
+                    Some(Err(HexError::NotHex)) => push(at(k), "is not 16 bytes of hex".into()),
+                    Some(Err(e)) => push(at(k), e.to_string()),
+                    _ => {}
                 }
             }
-            if let Some(Err(e)) = d.join_eui.as_deref().map(parse_hex::<8>) {
-                push(at("join_eui"), e);
+            if let Some(j) = d.join_eui.as_deref() {
+                if let Err(e) = parse_hex::<8>(j) {
+                    push(at("join_eui"), quoted(j, e));
+                }
             }
             for p in codec::validate(&d.codec, &d.fields) {
                 push(at(&p.key), p.message);
@@ -355,11 +385,43 @@ impl LorawanConfig {
                 push(format!("forward.dev_addr_prefixes[{i}]"), e);
             }
         }
-        for (i, e) in self.forward.join_euis.iter().enumerate() {
-            if let Err(e) = parse_hex::<8>(e) {
-                push(format!("forward.join_euis[{i}]"), e);
+        for (i, j) in self.forward.join_euis.iter().enumerate() {
+            if let Err(e) = parse_hex::<8>(j) {
+                push(format!("forward.join_euis[{i}]"), quoted(j, e));
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted_in_errors_and_keys_never_are() {
+        let cfg: LorawanConfig = serde_json::from_value(serde_json::json!({
+            "devices": [{
+                "dev_eui": "70b3d57ed000001",
+                "activation": "abp",
+                "dev_addr": "26011f01",
+                "nwk_skey": "zz212121212121212121212121212121",
+                "app_skey": "313131313131313131313131313131",
+            }]
+        }))
+        .expect("config");
+        let got: Vec<String> = cfg
+            .validate()
+            .into_iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "devices[0].dev_eui: `70b3d57ed000001` has 15 hex digits; it needs 16 (8 bytes)",
+                "devices[0].nwk_skey: is not 16 bytes of hex",
+                "devices[0].app_skey: has 30 hex digits; it needs 32 (16 bytes)",
+            ]
+        );
     }
 }
