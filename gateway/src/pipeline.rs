@@ -198,7 +198,6 @@ pub async fn start_with(
     let path = config.queue_path();
     let ids: Vec<String> = parts.uplinks.iter().map(|(o, _)| o.id.clone()).collect();
     let qopts = config.queue_options();
-    let durability = qopts.durability;
     let qpath = path.clone();
     let queue = tokio::task::spawn_blocking(move || {
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -213,16 +212,15 @@ pub async fn start_with(
     })?;
     tracing::info!(path = %path.display(), next_seq = queue.next_seq(), "queue open");
     let spath = path.clone();
-    let state: SharedState =
-        tokio::task::spawn_blocking(move || SqliteState::open(&spath, durability))
-            .await
-            .map_err(|e| QueueError::Task(e.to_string()))
-            .and_then(|r| r)
-            .map(|s| Arc::new(s) as SharedState)
-            .map_err(|source| PipelineError::Queue {
-                path: path.display().to_string(),
-                source,
-            })?;
+    let state: SharedState = tokio::task::spawn_blocking(move || SqliteState::open(&spath))
+        .await
+        .map_err(|e| QueueError::Task(e.to_string()))
+        .and_then(|r| r)
+        .map(|s| Arc::new(s) as SharedState)
+        .map_err(|source| PipelineError::Queue {
+            path: path.display().to_string(),
+            source,
+        })?;
     let queue = QueueHandle::new(queue);
 
     let (forwarders_stop, fwd_shutdown) = ShutdownTrigger::new();

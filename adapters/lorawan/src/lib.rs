@@ -531,16 +531,15 @@ async fn run(mut me: Lorawan, mut ctx: AdapterContext) -> Result<(), AdapterErro
         let _ = tx.send(local);
     }
     let mut buf = vec![0u8; 65_536];
-    let tick = me.cfg.dedup_window.max(Duration::from_millis(10)) / 2;
     let mut shutdown = ctx.shutdown.clone();
     loop {
         let mut fx = Effects::default();
+        // Wake when the next frame leaves the window, and at least every second for TX_ACK
+        // timeouts and expired commands.
+        let second = tokio::time::Instant::now() + Duration::from_secs(1);
         let wake = server
             .next_deadline()
-            .map_or(tokio::time::Instant::now() + Duration::from_secs(1), |d| {
-                tokio::time::Instant::from_std(d)
-            })
-            .min(tokio::time::Instant::now() + tick.max(Duration::from_secs(1)));
+            .map_or(second, |d| tokio::time::Instant::from_std(d).min(second));
         tokio::select! {
             () = shutdown.fired() => {
                 // Frames still in the window are handled, stored and queued before stopping,

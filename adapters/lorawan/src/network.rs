@@ -241,12 +241,11 @@ impl Device {
     }
 
     fn stored(&self) -> Stored {
-        let hex = |k: &[u8]| to_hex(k);
         let otaa = self.activation == Activation::Otaa;
         Stored {
             dev_addr: self.session.map(|s| format!("{:08x}", s.dev_addr)),
-            nwk_skey: self.session.filter(|_| otaa).map(|s| hex(&s.nwk_skey)),
-            app_skey: self.session.filter(|_| otaa).map(|s| hex(&s.app_skey)),
+            nwk_skey: self.session.filter(|_| otaa).map(|s| to_hex(&s.nwk_skey)),
+            app_skey: self.session.filter(|_| otaa).map(|s| to_hex(&s.app_skey)),
             abp_tag: self.abp_tag,
             fcnt_up: self.fcnt_up,
             fcnt_down: self.fcnt_down,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use fieldgate_adapter::{StateError, StateStore};
 use rusqlite::{params, Connection};
 
-use super::{Durability, QueueError};
+use super::QueueError;
 
 /// Adapter state in the queue's database file.
 #[derive(Debug)]
@@ -22,12 +22,11 @@ pub struct SqliteState {
 
 impl SqliteState {
     /// Opens the state table in the (already opened, WAL-mode) queue database at `path`.
-    pub fn open(path: &Path, durability: Durability) -> Result<SqliteState, QueueError> {
+    pub fn open(path: &Path) -> Result<SqliteState, QueueError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         // Always FULL, whatever the queue's durability: a counter rolled back by a power cut
         // would let a replay through, or reuse a downlink counter (and with it the keystream).
-        let _ = durability;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "cache_size", -256)?;
         conn.execute_batch(
@@ -91,7 +90,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("queue.db");
         let q = Queue::open(&path, QueueOptions::default(), &["up"]).expect("queue");
-        let s = SqliteState::open(&path, Durability::Crash).expect("state");
+        let s = SqliteState::open(&path).expect("state");
         s.save("lora", &[("dev:1".into(), b"one".to_vec())])
             .expect("save");
         s.save("lora", &[("dev:1".into(), b"two".to_vec())])
@@ -100,7 +99,7 @@ mod tests {
             .expect("save");
         drop(s);
         drop(q);
-        let s = SqliteState::open(&path, Durability::PowerLoss).expect("reopen");
+        let s = SqliteState::open(&path).expect("reopen");
         assert_eq!(
             s.load("lora").expect("load"),
             vec![("dev:1".to_string(), b"two".to_vec())]
