@@ -126,12 +126,18 @@ pub fn push_data(
             })
         })
         .collect();
-    let mut out = vec![2];
-    out.extend_from_slice(&token.to_be_bytes());
-    out.push(semtech::PUSH_DATA);
-    out.extend_from_slice(&gateway.to_be_bytes());
-    out.extend_from_slice(json!({ "rxpk": rxpk }).to_string().as_bytes());
-    out
+    datagram(semtech::PUSH_DATA, token, gateway, &json!({ "rxpk": rxpk }))
+}
+
+/// A protocol-version-2 datagram from `gateway`: the header, then `body` (JSON; `Null` for
+/// none).
+fn datagram(identifier: u8, token: u16, gateway: u64, body: &serde_json::Value) -> Vec<u8> {
+    let mut d = semtech::ack(2, token, identifier).to_vec();
+    d.extend_from_slice(&gateway.to_be_bytes());
+    if !body.is_null() {
+        d.extend_from_slice(body.to_string().as_bytes());
+    }
+    d
 }
 
 /// A downlink a [`Forwarder`] received in a PULL_RESP.
@@ -211,16 +217,22 @@ impl Forwarder {
         }
     }
 
+    /// Sends `d` (built with `token`) and waits for the answer `identifier` with that token;
+    /// false without one.
+    async fn exchange(&mut self, d: &[u8], token: u16, identifier: u8) -> bool {
+        if self.socket.send_to(d, self.server).await.is_err() {
+            return false;
+        }
+        self.expect(identifier, Some(token), Duration::from_secs(2))
+            .await
+            .is_some()
+    }
+
     /// Sends `frames` in one PUSH_DATA and waits for its PUSH_ACK; false without one.
     pub async fn push(&mut self, frames: &[Vec<u8>], tmst: u32, rssi: f64, snr: f64) -> bool {
         let token = self.next_token();
         let d = push_data(token, self.gateway, frames, tmst, rssi, snr);
-        if self.socket.send_to(&d, self.server).await.is_err() {
-            return false;
-        }
-        self.expect(semtech::PUSH_ACK, Some(token), Duration::from_secs(2))
-            .await
-            .is_some()
+        self.exchange(&d, token, semtech::PUSH_ACK).await
     }
 
     /// Sends raw bytes to the server (garbage, for tests).
@@ -231,32 +243,25 @@ impl Forwarder {
     /// Sends a `stat` report in a PUSH_DATA and waits for its PUSH_ACK.
     pub async fn stat(&mut self, stat: serde_json::Value) -> bool {
         let token = self.next_token();
-        let mut d = vec![2];
-        d.extend_from_slice(&token.to_be_bytes());
-        d.push(semtech::PUSH_DATA);
-        d.extend_from_slice(&self.gateway.to_be_bytes());
-        d.extend_from_slice(json!({ "stat": stat }).to_string().as_bytes());
-        if self.socket.send_to(&d, self.server).await.is_err() {
-            return false;
-        }
-        self.expect(semtech::PUSH_ACK, Some(token), Duration::from_secs(2))
-            .await
-            .is_some()
+        let d = datagram(
+            semtech::PUSH_DATA,
+            token,
+            self.gateway,
+            &json!({ "stat": stat }),
+        );
+        self.exchange(&d, token, semtech::PUSH_ACK).await
     }
 
     /// Sends PULL_DATA (opening the downlink route) and waits for PULL_ACK.
     pub async fn pull(&mut self) -> bool {
         let token = self.next_token();
-        let mut d = vec![2];
-        d.extend_from_slice(&token.to_be_bytes());
-        d.push(semtech::PULL_DATA);
-        d.extend_from_slice(&self.gateway.to_be_bytes());
-        if self.socket.send_to(&d, self.server).await.is_err() {
-            return false;
-        }
-        self.expect(semtech::PULL_ACK, Some(token), Duration::from_secs(2))
-            .await
-            .is_some()
+        let d = datagram(
+            semtech::PULL_DATA,
+            token,
+            self.gateway,
+            &serde_json::Value::Null,
+        );
+        self.exchange(&d, token, semtech::PULL_ACK).await
     }
 
     /// Waits up to `timeout` for a PULL_RESP.
@@ -271,12 +276,8 @@ impl Forwarder {
 
     /// Answers a PULL_RESP with TX_ACK, with `error` (`None` = sent).
     pub async fn tx_ack(&self, token: u16, error: Option<&str>) -> std::io::Result<()> {
-        let mut d = vec![2];
-        d.extend_from_slice(&token.to_be_bytes());
-        d.push(semtech::TX_ACK);
-        d.extend_from_slice(&self.gateway.to_be_bytes());
         let body = json!({ "txpk_ack": { "error": error.unwrap_or("NONE") } });
-        d.extend_from_slice(body.to_string().as_bytes());
+        let d = datagram(semtech::TX_ACK, token, self.gateway, &body);
         self.socket.send_to(&d, self.server).await.map(|_| ())
     }
 }

@@ -93,6 +93,21 @@ async fn start(cfg: LorawanConfig, state: SharedState) -> Running {
 }
 
 impl Running {
+    /// Sends the adapter a downlink command; its outcome arrives on the returned receiver.
+    async fn command(
+        &self,
+        id: &str,
+        device: &str,
+        port: Option<u8>,
+        payload: Vec<u8>,
+        deadline: Option<std::time::Instant>,
+    ) -> tokio::sync::oneshot::Receiver<fieldgate_adapter::Outcome> {
+        let (cmd, reply) =
+            Command::new(id, device, CommandAction::Send { port, payload }, deadline);
+        self.commands.send(cmd).await.expect("send command");
+        reply
+    }
+
     async fn forwarder(&self, gateway: u64) -> Forwarder {
         Forwarder::new(gateway, self.addr)
             .await
@@ -435,31 +450,15 @@ async fn downlink_commands_wait_for_an_uplink_and_for_tx_ack() {
     let deadline = || Some(std::time::Instant::now() + Duration::from_secs(30));
 
     // Refused at once: an unknown device, a missing port.
-    let (cmd, reply) = Command::new(
-        "c0",
-        "no-such-pole",
-        CommandAction::Send {
-            port: Some(5),
-            payload: vec![1],
-        },
-        deadline(),
-    );
-    gw.commands.send(cmd).await.expect("send command");
+    let reply = gw
+        .command("c0", "no-such-pole", Some(5), vec![1], deadline())
+        .await;
     let r = tokio::time::timeout(WAIT, reply)
         .await
         .expect("answered at once")
         .expect("a reply");
     assert!(matches!(r, Err(CommandError::UnknownTarget(_))), "{r:?}");
-    let (cmd, reply) = Command::new(
-        "c0b",
-        "pole-1",
-        CommandAction::Send {
-            port: None,
-            payload: vec![1],
-        },
-        deadline(),
-    );
-    gw.commands.send(cmd).await.expect("send command");
+    let reply = gw.command("c0b", "pole-1", None, vec![1], deadline()).await;
     let r = tokio::time::timeout(WAIT, reply)
         .await
         .expect("answered at once")
@@ -467,16 +466,9 @@ async fn downlink_commands_wait_for_an_uplink_and_for_tx_ack() {
     assert!(matches!(r, Err(CommandError::InvalidValue(_))), "{r:?}");
 
     // A downlink for the pole: it waits for the pole's next uplink.
-    let (cmd, mut reply) = Command::new(
-        "c1",
-        "pole-1",
-        CommandAction::Send {
-            port: Some(5),
-            payload: vec![1, 2, 3],
-        },
-        deadline(),
-    );
-    gw.commands.send(cmd).await.expect("send command");
+    let mut reply = gw
+        .command("c1", "pole-1", Some(5), vec![1, 2, 3], deadline())
+        .await;
     assert!(
         tokio::time::timeout(Duration::from_millis(200), &mut reply)
             .await
@@ -515,26 +507,12 @@ async fn downlink_commands_wait_for_an_uplink_and_for_tx_ack() {
 
     // Two more at once: the first goes with FPending set, and the gateway sends it too
     // late; the second follows the next uplink.
-    let (cmd, reply2) = Command::new(
-        "c2",
-        "pole-1",
-        CommandAction::Send {
-            port: Some(7),
-            payload: vec![0xAB],
-        },
-        deadline(),
-    );
-    gw.commands.send(cmd).await.expect("send command");
-    let (cmd, reply3) = Command::new(
-        "c3",
-        "pole-1",
-        CommandAction::Send {
-            port: Some(8),
-            payload: vec![0xCD, 0xEF],
-        },
-        deadline(),
-    );
-    gw.commands.send(cmd).await.expect("send command");
+    let reply2 = gw
+        .command("c2", "pole-1", Some(7), vec![0xAB], deadline())
+        .await;
+    let reply3 = gw
+        .command("c3", "pole-1", Some(8), vec![0xCD, 0xEF], deadline())
+        .await;
     assert!(
         fwd.push(&[pole.uplink(2, &LPP, false)], 4_000_000, -60.0, 5.0)
             .await
@@ -572,16 +550,15 @@ async fn downlink_commands_wait_for_an_uplink_and_for_tx_ack() {
     uplink_readings(&mut gw.rx, "pole-1").await;
 
     // A command whose deadline passes before the device is heard again: Expired.
-    let (cmd, reply4) = Command::new(
-        "c4",
-        "pole-1",
-        CommandAction::Send {
-            port: Some(5),
-            payload: vec![4],
-        },
-        Some(std::time::Instant::now() + Duration::from_millis(100)),
-    );
-    gw.commands.send(cmd).await.expect("send command");
+    let reply4 = gw
+        .command(
+            "c4",
+            "pole-1",
+            Some(5),
+            vec![4],
+            Some(std::time::Instant::now() + Duration::from_millis(100)),
+        )
+        .await;
     let r = tokio::time::timeout(WAIT, reply4)
         .await
         .expect("expired commands are answered without an uplink")
@@ -801,27 +778,19 @@ async fn a_command_is_not_reported_sent_when_shutdown_drops_its_downlink() {
     let mut gw = start(config_with_window(POLE, "800ms"), MemoryState::shared()).await;
     let mut fwd = gw.forwarder(GW_A).await;
     assert!(fwd.pull().await);
-    let (cmd, reply) = Command::new(
-        "c1",
-        "pole-1",
-        CommandAction::Send {
-            port: Some(5),
-            payload: vec![1, 2, 3],
-        },
-        Some(std::time::Instant::now() + Duration::from_secs(30)),
-    );
-    gw.commands.send(cmd).await.expect("send command");
+    let reply = gw
+        .command(
+            "c1",
+            "pole-1",
+            Some(5),
+            vec![1, 2, 3],
+            Some(std::time::Instant::now() + Duration::from_secs(30)),
+        )
+        .await;
     // Commands are taken in order: once this one is refused, c1 is queued.
-    let (barrier, refused) = Command::new(
-        "barrier",
-        "no-such-pole",
-        CommandAction::Send {
-            port: Some(5),
-            payload: vec![1],
-        },
-        None,
-    );
-    gw.commands.send(barrier).await.expect("send command");
+    let refused = gw
+        .command("barrier", "no-such-pole", Some(5), vec![1], None)
+        .await;
     let r = tokio::time::timeout(WAIT, refused)
         .await
         .expect("answered at once")
