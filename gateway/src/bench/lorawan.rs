@@ -12,13 +12,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use fieldgate_adapter::Reading;
+use fieldgate_adapter::{Reading, StateStore};
+use fieldgate_lorawan::network::to_hex;
 use fieldgate_lorawan::semtech::DataRate;
 use fieldgate_lorawan::sim::{smart_pole_payload, SimDevice};
 use fieldgate_lorawan::{LorawanConfig, LorawanStats, Network, RxMeta};
 
-use super::{bench_dir, fresh_db, BenchReport, Phase, Probe};
-use crate::queue::{Durability, Queue, QueueError, QueueOptions};
+use super::{bench_dir, cycle, fresh_db, BenchReport, Phase, Probe};
+use crate::queue::{Durability, Queue, QueueError, QueueOptions, SqliteState};
 
 /// Devices in the bench network.
 const DEVICES: u32 = 100;
@@ -49,19 +50,13 @@ fn network(metadata: bool) -> Result<Network, QueueError> {
     let mut text = format!("metadata = {metadata}\n");
     for i in 0..DEVICES {
         let d = device(i);
-        let hex = |k: &[u8]| {
-            k.iter().fold(String::new(), |mut s, b| {
-                let _ = write!(s, "{b:02x}");
-                s
-            })
-        };
         let _ = write!(
             text,
             "[[devices]]\nname = \"pole-{i}\"\ndev_eui = \"{:016x}\"\nactivation = \"abp\"\ndev_addr = \"{:08x}\"\nnwk_skey = \"{}\"\napp_skey = \"{}\"\ncodec = \"cayenne\"\n",
             0x70b3_d57e_d000_0000u64 + u64::from(i),
             d.dev_addr,
-            hex(&d.nwk_skey),
-            hex(&d.app_skey)
+            to_hex(&d.nwk_skey),
+            to_hex(&d.app_skey)
         );
     }
     let cfg: LorawanConfig = figment::Figment::from(Toml::string(&text))
@@ -155,33 +150,31 @@ fn into_queue(
         ..QueueOptions::default()
     };
     let mut q = Queue::open(&path, opts, &["bench"])?;
+    let state = SqliteState::open(&path)?;
     let mut net = network(metadata)?;
     let m = meta();
     let at = SystemTime::now();
     let mut pending: Vec<Reading> = Vec::with_capacity(batch + 16);
     let mut readings = 0u64;
-    let flush = |q: &mut Queue, pending: &mut Vec<Reading>| -> Result<(), QueueError> {
-        let wm = q.watermark("bench").unwrap_or(0);
-        q.append(pending)?;
-        let got = q.peek(wm, pending.len())?;
-        let last = got.last().map_or(wm, |g| g.seq);
-        q.ack("bench", last, got.len() as u64)?;
-        pending.clear();
-        Ok(())
-    };
+    // As the adapter does: the counters behind a batch are stored before its readings go.
+    let flush =
+        |q: &mut Queue, net: &mut Network, pending: &mut Vec<Reading>| -> Result<(), QueueError> {
+            state.save("bench", &net.take_dirty()).map_err(err)?;
+            cycle(q, pending)?;
+            pending.clear();
+            Ok(())
+        };
     let probe = Probe::now();
     for f in input {
         let out = net.handle(f, &m, 1, at);
         readings += out.readings.len() as u64;
         pending.extend(out.readings);
-        // The adapter stores the counters of a batch before its readings go.
         if pending.len() >= batch {
-            let _ = net.take_dirty();
-            flush(&mut q, &mut pending)?;
+            flush(&mut q, &mut net, &mut pending)?;
         }
     }
     if !pending.is_empty() {
-        flush(&mut q, &mut pending)?;
+        flush(&mut q, &mut net, &mut pending)?;
     }
     let phase = probe.phase(String::new(), readings);
     q.close()?;

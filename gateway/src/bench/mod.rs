@@ -297,16 +297,23 @@ fn queue_loop(
         if done == WARMUP_BATCHES * batch as u64 {
             probe = Probe::now();
         }
-        let wm = q.watermark("bench").unwrap_or(0);
-        q.append(&readings)?;
-        let got = q.peek(wm, batch)?;
-        let last = got.last().map_or(wm, |g| g.seq);
-        q.ack("bench", last, got.len() as u64)?;
+        cycle(&mut q, &readings)?;
         done += batch as u64;
     }
     let phase = probe.phase(String::new(), n);
     q.close()?;
     Ok(phase)
+}
+
+/// One store-and-forward cycle of the uplink `bench`: append `readings`, peek them back,
+/// acknowledge them (which deletes them).
+fn cycle(q: &mut Queue, readings: &[Reading]) -> Result<(), QueueError> {
+    let wm = q.watermark("bench").unwrap_or(0);
+    q.append(readings)?;
+    let got = q.peek(wm, readings.len())?;
+    let last = got.last().map_or(wm, |g| g.seq);
+    q.ack("bench", last, got.len() as u64)?;
+    Ok(())
 }
 
 async fn pipeline_run(
