@@ -286,6 +286,14 @@ pub async fn run(
         Err(e) => return Err(DemoError::Broker(e)),
     };
     let running = pipeline::start(&config).await?;
+    // The water-tank site takes commands: show a round trip and three refusals, and the
+    // pump started by the first one fills tank-3 past its high-level alert.
+    let script = match (site, parse_url(&url)) {
+        (Site::WaterTank, Ok((false, host, port))) => Some(AbortOnDrop(tokio::spawn(
+            command_script(host, port, format!("water/{}/commands", config.gateway.id)),
+        ))),
+        _ => None,
+    };
     let deadline = async {
         match duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -311,6 +319,7 @@ pub async fn run(
             }
         }
     }
+    drop(script);
     let report = running.stop().await?;
     drop(devices);
     // Let the last messages reach the subscriber before it goes.
@@ -326,6 +335,52 @@ pub async fn run(
         report.committed, report.lost
     );
     Ok(())
+}
+
+/// The commands the water-tank demo sends, as a control room would.
+const DEMO_COMMANDS: &[(&str, &str)] = &[
+    (
+        "start the pump of tank-3",
+        r#"{"id":"demo-1","adapter":"tanks","device":"tank-3","action":"write","point":"pump_running","value":true,"ttl":"30s"}"#,
+    ),
+    (
+        "write a read-only point",
+        r#"{"id":"demo-2","adapter":"tanks","device":"tank-1","action":"write","point":"level","value":2.0}"#,
+    ),
+    (
+        "a setpoint above its max of 4 m",
+        r#"{"id":"demo-3","adapter":"tanks","device":"tank-1","action":"write","point":"high_level_setpoint","value":5.5}"#,
+    ),
+    (
+        "a command that expired on its way",
+        r#"{"id":"demo-4","adapter":"tanks","device":"tank-2","action":"write","point":"pump_running","value":true,"deadline":"2020-01-01T00:00:00Z"}"#,
+    ),
+];
+
+/// Publishes [`DEMO_COMMANDS`] on `topic`, two seconds apart.
+async fn command_script(host: String, port: u16, topic: String) {
+    let mut opts = MqttOptions::new(
+        format!("fieldgate-demo-control-room-{}", std::process::id()),
+        host,
+        port,
+    );
+    opts.set_keep_alive(Duration::from_secs(10));
+    let (client, mut el) = AsyncClient::new(opts, 16);
+    let poll = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    for (what, body) in DEMO_COMMANDS {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        println!("[command ->] {what}: {body}");
+        let _ = client
+            .publish(
+                topic.clone(),
+                QoS::AtLeastOnce,
+                false,
+                body.as_bytes().to_vec(),
+            )
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    poll.abort();
 }
 
 /// Prints every reading that arrives on `filter`.
@@ -353,6 +408,44 @@ async fn subscribe(host: String, port: u16, filter: String) {
 fn print_message(topic: &str, body: &[u8]) {
     if topic.ends_with("/status") {
         println!("[mqtt] {topic} = {}", String::from_utf8_lossy(body));
+        return;
+    }
+    if topic.ends_with("/commands") {
+        return; // printed by the script that sends them
+    }
+    if topic.ends_with("/commands/response") {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let detail = match (&v["reason"], &v["value"]) {
+            (serde_json::Value::String(why), _) => format!(": {why}"),
+            (_, serde_json::Value::Null) => String::new(),
+            (_, value) => format!(" (read back {value})"),
+        };
+        println!(
+            "[command <-] {} {}{detail}",
+            v["id"].as_str().unwrap_or("?"),
+            v["status"].as_str().unwrap_or("?")
+        );
+        let _ = std::io::stdout().flush();
+        return;
+    }
+    if topic.ends_with("/alerts") {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let a = &v["alert"];
+        println!(
+            "[ALERT] {} {} ({}): {}/{}/{} = {} {} (threshold {} {})   #{}",
+            a["rule"].as_str().unwrap_or("?"),
+            a["state"].as_str().unwrap_or("?").to_uppercase(),
+            a["severity"].as_str().unwrap_or("?"),
+            v["adapter"].as_str().unwrap_or(""),
+            v["device"].as_str().unwrap_or(""),
+            v["point"].as_str().unwrap_or(""),
+            v["value"],
+            v["unit"].as_str().unwrap_or(""),
+            a["level"].as_str().unwrap_or("?"),
+            a["threshold"],
+            v["seq"],
+        );
+        let _ = std::io::stdout().flush();
         return;
     }
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {

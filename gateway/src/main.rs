@@ -169,6 +169,17 @@ enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+    /// List the commands received from the cloud (the audit table), newest first.
+    Audit {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON Lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Send dead letters again, to the uplink that rejected them only. The running gateway
     /// picks them up within a second (a stopped one when it next starts).
     Requeue {
@@ -240,10 +251,12 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             println!(
-                "{}: ok ({} adapter(s), {} uplink(s); queue at {})",
+                "{}: ok ({} adapter(s), {} uplink(s), {} rule(s), {} alert(s); queue at {})",
                 arg.config.display(),
                 config.adapters.len(),
                 config.uplinks.len(),
+                config.rules.len(),
+                config.alerts.len(),
                 config.queue_path().display()
             );
             Ok(ExitCode::SUCCESS)
@@ -370,7 +383,8 @@ fn queue_command(cmd: QueueCommand, env: &[(String, String)]) -> anyhow::Result<
     let (arg, json) = match &cmd {
         QueueCommand::Stats { config, json }
         | QueueCommand::Peek { config, json, .. }
-        | QueueCommand::DeadLetters { config, json, .. } => (config, *json),
+        | QueueCommand::DeadLetters { config, json, .. }
+        | QueueCommand::Audit { config, json, .. } => (config, *json),
         QueueCommand::Requeue { config, .. } => (config, false),
     };
     let config = match load(&arg.config, env) {
@@ -393,6 +407,36 @@ fn queue_command(cmd: QueueCommand, env: &[(String, String)]) -> anyhow::Result<
         println!(
             "{n} dead letters marked for requeue; the gateway moves them back into the queue within a second while it runs (or when it next starts)"
         );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let QueueCommand::Audit { limit, .. } = cmd {
+        for e in fieldgate::queue::read_audit(&path, limit)? {
+            if json {
+                println!("{}", serde_json::to_string(&e)?);
+                continue;
+            }
+            let when = |ms: i64| {
+                fieldgate::payload::rfc3339(
+                    std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+                )
+            };
+            let outcome = match (&e.reason, &e.result) {
+                (Some(why), _) => format!(": {why}"),
+                (None, Some(v)) => format!(" (read back {v})"),
+                (None, None) => String::new(),
+            };
+            println!(
+                "{}  {:<8} {:<20} {} {}/{} {}: {}{outcome}",
+                when(e.received_ms),
+                e.status,
+                e.command_id,
+                e.origin,
+                e.adapter,
+                e.device,
+                e.action,
+                e.detail,
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let mut ins = Inspector::open(&path)?;
@@ -507,7 +551,7 @@ fn queue_command(cmd: QueueCommand, env: &[(String, String)]) -> anyhow::Result<
             }
             std::io::Write::write_all(&mut std::io::stdout().lock(), &out)?;
         }
-        QueueCommand::Requeue { .. } => {}
+        QueueCommand::Requeue { .. } | QueueCommand::Audit { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
 }

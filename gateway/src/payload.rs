@@ -77,12 +77,32 @@ fn write_object(out: &mut Vec<u8>, q: &Queued, header: Option<Origin<'_>>, sourc
             // corrected: it may be wrong (and is never before the build date).
             m.serialize_entry("clock", "unsynced")?;
         }
+        if let Some(a) = &q.alert {
+            m.serialize_entry("alert", &AlertJson(a))?;
+        }
         m.end()
     })();
     debug_assert!(
         result.is_ok(),
         "serializing to memory cannot fail: {result:?}"
     );
+}
+
+/// An alert event as JSON: `{"rule":"tank-high","state":"raised","level":"high",
+/// "threshold":9.5,"severity":"critical"}`.
+struct AlertJson<'a>(&'a crate::queue::Alert);
+
+impl serde::Serialize for AlertJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let a = self.0;
+        let mut m = s.serialize_map(Some(5))?;
+        m.serialize_entry("rule", a.rule.as_str())?;
+        m.serialize_entry("state", a.state.as_str())?;
+        m.serialize_entry("level", a.level.as_str())?;
+        m.serialize_entry("threshold", &JsonValue(&Value::F64(a.threshold)))?;
+        m.serialize_entry("severity", a.severity.as_str())?;
+        m.end()
+    }
 }
 
 /// A reading's value as JSON: booleans, integers and finite floats as themselves, NaN and
@@ -138,6 +158,17 @@ pub fn write_text(out: &mut Vec<u8>, q: &Queued) {
     if let Some(why) = r.quality.reason() {
         let _ = write!(out, " [{}: {why}]", r.quality.as_str());
     }
+    if let Some(a) = &q.alert {
+        let _ = write!(
+            out,
+            " ALERT {} {} ({} {} {})",
+            a.rule,
+            a.state.as_str(),
+            a.severity.as_str(),
+            a.level.as_str(),
+            a.threshold
+        );
+    }
 }
 
 /// Readings as lines of text or JSON, each ending in a newline.
@@ -191,6 +222,7 @@ mod tests {
         let q = Queued {
             unsynced: false,
             only_for: None,
+            alert: None,
             seq: 42,
             reading: Reading::new(
                 "sim",
@@ -243,6 +275,7 @@ mod tests {
         let q = |quality| Queued {
             unsynced: false,
             only_for: None,
+            alert: None,
             seq: 42,
             reading: Reading::new(
                 "sim",

@@ -12,21 +12,22 @@
 //! a `block`ed queue can drain), then the forwarders finish their current send, then the
 //! queue is checkpointed and closed.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fieldgate_adapter::{
-    reading_channel, Adapter, AdapterContext, AdapterError, CommandSender, ReadingReceiver,
-    ReadingSender, SharedState, Shutdown, ShutdownTrigger,
+    reading_channel, Adapter, AdapterContext, AdapterError, CommandSender, Reading,
+    ReadingReceiver, ReadingSender, SharedState, Shutdown, ShutdownTrigger,
 };
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::clock::{Clock, ClockStamp, SystemClock};
+use crate::command::{CommandRoutes, Inbound, Router};
 use crate::config::{AdapterConfig, Config};
-use crate::queue::{Queue, QueueError, QueueHandle, SqliteState};
+use crate::queue::{Batch, Queue, QueueError, QueueHandle, SqliteState};
+use crate::rules::{Output, Rules};
 use crate::uplink::{self, ForwarderOptions, Uplink};
 use crate::watchdog::{Heartbeat, SystemdNotify};
 
@@ -83,6 +84,8 @@ pub struct Parts {
     pub adapters: Vec<(String, AdapterFactory)>,
     /// Uplinks with their forwarder options.
     pub uplinks: Vec<(ForwarderOptions, Box<dyn Uplink>)>,
+    /// The commands the uplinks receive, when any takes commands.
+    pub commands: Option<tokio::sync::mpsc::Receiver<Inbound>>,
 }
 
 impl std::fmt::Debug for Parts {
@@ -141,17 +144,29 @@ impl Parts {
                 (a.id.clone(), factory)
             })
             .collect();
+        let (inbox, commands) = tokio::sync::mpsc::channel(crate::command::INBOX_CAPACITY);
         let uplinks = config
             .uplinks
             .iter()
-            .map(|u| (ForwarderOptions::from_section(u), uplink::build(config, u)))
+            .map(|u| {
+                (
+                    ForwarderOptions::from_section(u),
+                    uplink::build(config, u, Some(&inbox)),
+                )
+            })
             .collect();
-        Parts { adapters, uplinks }
+        Parts {
+            adapters,
+            uplinks,
+            // Only uplinks that take commands keep a sender.
+            commands: config
+                .uplinks
+                .iter()
+                .any(uplink::takes_commands)
+                .then_some(commands),
+        }
     }
 }
-
-/// Command senders by adapter id; replaced when an adapter restarts.
-type CommandRoutes = Arc<Mutex<HashMap<String, CommandSender>>>;
 
 /// A running gateway.
 #[derive(Debug)]
@@ -251,6 +266,7 @@ pub async fn start_with(
         abort,
         Arc::clone(&heartbeat),
         Arc::clone(&opts.clock),
+        Some(Rules::new(&config.rules, &config.alerts)).filter(|r| !r.is_empty()),
     ));
 
     let (adapters_stop, adapter_shutdown) = ShutdownTrigger::new();
@@ -268,6 +284,26 @@ pub async fn start_with(
         )));
     }
     drop(tx);
+    if let Some(inbox) = parts.commands {
+        let audit = {
+            let apath = path.clone();
+            tokio::task::spawn_blocking(move || crate::queue::AuditLog::open(&apath))
+                .await
+                .map_err(|e| QueueError::Task(e.to_string()))
+                .and_then(|r| r)
+                .map_err(|source| PipelineError::Queue {
+                    path: path.display().to_string(),
+                    source,
+                })?
+        };
+        let router = Router {
+            routes: Arc::clone(&routes),
+            audit: Some(Arc::new(audit)),
+            default_ttl: config.commands.default_ttl,
+            gateway: config.gateway.id.clone(),
+        };
+        forwarders.push(tokio::spawn(router.run(inbox, fwd_shutdown.clone())));
+    }
     Ok(Running {
         queue,
         opts,
@@ -509,8 +545,12 @@ fn panic_message(e: tokio::task::JoinError) -> String {
 }
 
 /// Commits readings in batches: up to `batch_size`, waiting at most `flush_interval` after
-/// the first reading of a batch. Ends when every sender is gone and the channel is drained,
-/// or when `abort` fires (then whatever is still in memory is reported lost).
+/// the first reading of a batch. With `rules`, every reading passes the rules stage first
+/// (which may drop, suppress, aggregate or convert it, and raise alerts), and the stage's
+/// timers (window ends, alert hold times) produce readings of their own. Ends when every
+/// sender is gone and the channel is drained (open aggregation windows are then flushed), or
+/// when `abort` fires (then whatever is still in memory is reported lost).
+#[allow(clippy::too_many_arguments)] // one call site; each is a distinct part of the pipeline
 async fn writer(
     queue: QueueHandle,
     mut rx: ReadingReceiver,
@@ -519,9 +559,14 @@ async fn writer(
     mut abort: Shutdown,
     heartbeat: Arc<Heartbeat>,
     clock: Arc<dyn Clock>,
+    mut rules: Option<Rules>,
 ) -> WriterReport {
     let mut report = WriterReport::default();
-    let mut buf = Vec::with_capacity(batch_size);
+    let mut incoming: Vec<Reading> = Vec::with_capacity(batch_size);
+    let mut batch = Batch {
+        readings: Vec::with_capacity(batch_size),
+        alerts: Vec::new(),
+    };
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut full_logged = false;
     let mut refused_log = crate::throttle::Throttle::new(Duration::from_secs(10));
@@ -529,87 +574,74 @@ async fn writer(
     // beating and the systemd watchdog stops being pinged.
     let mut beat = tokio::time::interval(crate::watchdog::WRITER_BEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut closed = false;
     loop {
         heartbeat.writer_beat();
+        let rules_due = rules_deadline(rules.as_ref(), &*clock);
         let got = tokio::select! {
-            n = rx.recv_many(&mut buf, batch_size) => n,
+            n = rx.recv_many(&mut incoming, batch_size) => n,
             () = abort.fired() => 0,
             _ = beat.tick() => continue,
+            () = sleep_until_opt(rules_due) => {
+                if let Some(r) = rules.as_mut() {
+                    let mut out = Output::default();
+                    r.tick(clock.wall(), &mut out);
+                    push_output(&mut batch, out);
+                }
+                usize::MAX
+            }
         };
         if got == 0 {
-            break;
-        }
-        let deadline = Instant::now() + flush_interval;
-        while buf.len() < batch_size {
-            let room = batch_size - buf.len();
-            tokio::select! {
-                n = rx.recv_many(&mut buf, room) => if n == 0 { break },
-                () = tokio::time::sleep_until(deadline) => break,
-                _ = beat.tick() => heartbeat.writer_beat(),
+            if abort.is_fired() {
+                break;
+            }
+            // Every sender is gone: what the rules stage still holds goes out last.
+            closed = true;
+            if let Some(r) = rules.as_mut() {
+                let mut out = Output::default();
+                r.flush(clock.wall(), &mut out);
+                push_output(&mut batch, out);
+            }
+        } else if got != usize::MAX {
+            stage(&mut rules, &mut incoming, &mut batch, &*clock);
+            let deadline = Instant::now() + flush_interval;
+            while batch.len() < batch_size {
+                let room = batch_size - batch.len();
+                tokio::select! {
+                    n = rx.recv_many(&mut incoming, room) => if n == 0 { break },
+                    () = tokio::time::sleep_until(deadline) => break,
+                    _ = beat.tick() => heartbeat.writer_beat(),
+                }
+                stage(&mut rules, &mut incoming, &mut batch, &*clock);
             }
         }
-        // Commit, retrying until it works: the readings stay in memory meanwhile, and the
-        // bounded channel holds the adapters back.
-        loop {
-            let n = buf.len() as u64;
-            let stamp = ClockStamp::now(&*clock);
-            let (result, back) = queue.append_stamped(std::mem::take(&mut buf), stamp).await;
-            buf = back;
-            match result {
-                Ok(outcome) => {
-                    if outcome.dropped_newest > 0 {
-                        report.refused += outcome.dropped_newest;
-                        if let Some(n) =
-                            refused_log.hit(outcome.dropped_newest, std::time::Instant::now())
-                        {
-                            tracing::error!(
-                                dropped = n,
-                                "queue full: refused new readings (when_full = \"drop_newest\")"
-                            );
-                        }
-                    } else {
-                        report.committed += n;
-                    }
-                    if full_logged {
-                        tracing::info!("queue has room again");
-                        full_logged = false;
-                    }
-                    backoff.reset();
-                    buf.clear();
-                    break;
-                }
-                Err(QueueError::Full { used, max }) => {
-                    if !full_logged {
-                        tracing::warn!(used_bytes = used, max_bytes = max, "queue full: holding adapters back until uplinks make room (when_full = \"block\")");
-                        full_logged = true;
-                    }
-                    heartbeat.writer_beat();
-                    if wait_or_abort(flush_interval, &mut abort).await {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::error!(error = %e, readings = buf.len(), retry_in = ?delay, "cannot commit readings; holding them in memory");
-                    heartbeat.writer_beat();
-                    if wait_or_abort(delay, &mut abort).await {
-                        break;
-                    }
-                }
-            }
+        if !batch.is_empty() {
+            commit(
+                &queue,
+                &mut batch,
+                &mut report,
+                &mut abort,
+                &heartbeat,
+                &*clock,
+                flush_interval,
+                &mut backoff,
+                &mut full_logged,
+                &mut refused_log,
+            )
+            .await;
         }
-        if abort.is_fired() {
+        if abort.is_fired() || closed {
             break;
         }
     }
     if abort.is_fired() {
         // Count what could not be committed: the batch in hand and what is still queued up.
         rx.close();
-        let mut rest = 0;
+        let mut rest = incoming.len() as u64;
         while rx.try_recv().is_ok() {
             rest += 1;
         }
-        report.lost = buf.len() as u64 + rest;
+        report.lost = batch.len() as u64 + rest;
         if report.lost > 0 {
             tracing::error!(
                 lost = report.lost,
@@ -618,6 +650,117 @@ async fn writer(
         }
     }
     report
+}
+
+/// Passes the readings in `incoming` through the rules stage (if any) into `batch`.
+fn stage(
+    rules: &mut Option<Rules>,
+    incoming: &mut Vec<Reading>,
+    batch: &mut Batch,
+    clock: &dyn Clock,
+) {
+    match rules {
+        None => batch.readings.append(incoming),
+        Some(r) => {
+            let now = clock.wall();
+            let mut out = Output::default();
+            for reading in incoming.drain(..) {
+                r.apply(reading, now, &mut out);
+            }
+            push_output(batch, out);
+        }
+    }
+}
+
+/// Appends what the rules stage produced: alerts first (they are the urgent part of the
+/// batch), then readings.
+fn push_output(batch: &mut Batch, out: Output) {
+    for (reading, alert) in out.alerts {
+        batch.alerts.push((batch.readings.len(), alert));
+        batch.readings.push(reading);
+    }
+    batch.readings.extend(out.readings);
+}
+
+/// The rules stage's next timer as a tokio instant (its deadlines are wall-clock times).
+fn rules_deadline(rules: Option<&Rules>, clock: &dyn Clock) -> Option<Instant> {
+    let due = rules?.next_deadline()?;
+    let wait = due.duration_since(clock.wall()).unwrap_or_default();
+    Some(Instant::now() + wait)
+}
+
+/// Commits `batch`, retrying until it works: the readings stay in memory meanwhile, and the
+/// bounded channel holds the adapters back. Returns with `batch` empty, or when `abort` fired.
+#[allow(clippy::too_many_arguments)] // the writer's loop state, split out for readability
+async fn commit(
+    queue: &QueueHandle,
+    batch: &mut Batch,
+    report: &mut WriterReport,
+    abort: &mut Shutdown,
+    heartbeat: &Heartbeat,
+    clock: &dyn Clock,
+    flush_interval: Duration,
+    backoff: &mut Backoff,
+    full_logged: &mut bool,
+    refused_log: &mut crate::throttle::Throttle,
+) {
+    loop {
+        let n = batch.len() as u64;
+        let stamp = ClockStamp::now(clock);
+        let (result, back) = queue.append_stamped(std::mem::take(batch), stamp).await;
+        *batch = back;
+        match result {
+            Ok(outcome) => {
+                if outcome.dropped_newest > 0 {
+                    report.refused += outcome.dropped_newest;
+                    report.committed += n - outcome.dropped_newest;
+                    if let Some(n) =
+                        refused_log.hit(outcome.dropped_newest, std::time::Instant::now())
+                    {
+                        tracing::error!(
+                            dropped = n,
+                            "queue full: refused new readings (when_full = \"drop_newest\")"
+                        );
+                    }
+                } else {
+                    report.committed += n;
+                }
+                if *full_logged {
+                    tracing::info!("queue has room again");
+                    *full_logged = false;
+                }
+                backoff.reset();
+                batch.clear();
+                return;
+            }
+            Err(QueueError::Full { used, max }) => {
+                if !*full_logged {
+                    tracing::warn!(used_bytes = used, max_bytes = max, "queue full: holding adapters back until uplinks make room (when_full = \"block\")");
+                    *full_logged = true;
+                }
+                heartbeat.writer_beat();
+                if wait_or_abort(flush_interval, abort).await {
+                    return;
+                }
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::error!(error = %e, readings = batch.len(), retry_in = ?delay, "cannot commit readings; holding them in memory");
+                heartbeat.writer_beat();
+                if wait_or_abort(delay, abort).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Sleeps for `d`; true if `abort` fired first (or meanwhile).

@@ -174,6 +174,13 @@ pub struct PointConfig {
     /// Whether commands may write this point (coils and holding registers only). Default false.
     #[serde(default)]
     pub writable: bool,
+    /// With `writable`: the lowest value a command may write (engineering units). Default: the
+    /// type's range only.
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// With `writable`: the highest value a command may write (engineering units).
+    #[serde(default)]
+    pub max: Option<f64>,
 }
 
 /// The four Modbus data tables.
@@ -687,6 +694,17 @@ impl PointConfig {
                  read-only"
                     .into(),
             ));
+        }
+        if !self.writable && (self.min.is_some() || self.max.is_some()) {
+            return Err((
+                if self.min.is_some() { "min" } else { "max" },
+                "limits what commands may write; it needs `writable = true`".into(),
+            ));
+        }
+        if let (Some(lo), Some(hi)) = (self.min, self.max) {
+            if lo > hi || lo.is_nan() || hi.is_nan() {
+                return Err(("max", format!("{hi} is below min ({lo})")));
+            }
         }
         if self.writable && data_type == DataType::Bit {
             return Err((

@@ -80,6 +80,9 @@ struct Point {
     deadband: Option<f64>,
     heartbeat: Duration,
     writable: bool,
+    /// Write limits (engineering units).
+    min: Option<f64>,
+    max: Option<f64>,
     /// Since when it is read alone and never spanned: it failed alone with an
     /// illegal-address exception while the rest of the device answered.
     alone: Option<Instant>,
@@ -190,6 +193,8 @@ impl Modbus {
                     deadband: p.deadband,
                     heartbeat: p.heartbeat.unwrap_or(config::DEFAULT_HEARTBEAT),
                     writable: p.writable,
+                    min: p.min,
+                    max: p.max,
                     alone: None,
                     break_before: None,
                     rest_until: None,
@@ -555,6 +560,20 @@ impl Modbus {
                  config to allow it)",
                 dev.id
             )));
+        }
+        if let Some(v) = value.as_f64() {
+            let (lo, hi) = (
+                p.min.unwrap_or(f64::NEG_INFINITY),
+                p.max.unwrap_or(f64::INFINITY),
+            );
+            if !(lo..=hi).contains(&v) {
+                return Err(CommandError::InvalidValue(format!(
+                    "{v} is out of range for point `{point}` of device `{}` (allowed {} to {})",
+                    dev.id,
+                    p.min.map_or("-inf".into(), |m| m.to_string()),
+                    p.max.map_or("inf".into(), |m| m.to_string()),
+                )));
+            }
         }
         let unit = dev.unit;
         let at = p.at;

@@ -261,6 +261,7 @@ fn sample_queued(batch: usize) -> Vec<crate::queue::Queued> {
             reading,
             unsynced: false,
             only_for: None,
+            alert: None,
         })
         .collect()
 }
@@ -388,6 +389,7 @@ fn file_parts(factory: AdapterFactory, out: &Path, batch: usize) -> Parts {
     // Rotate at 256 MB and keep one old file: the bench must not fill the disk.
     let file = FileUplink::new(out.to_path_buf(), 256 << 20, 1, "bench".into());
     Parts {
+        commands: None,
         adapters: vec![("bench".into(), factory)],
         uplinks: one_uplink("file", batch, Duration::from_millis(10), Box::new(file)),
     }
@@ -565,6 +567,7 @@ async fn drain_phase(
         Vec::new()
     };
     let parts = Parts {
+        commands: None,
         adapters,
         uplinks: one_uplink("up", batch, Duration::from_millis(100), make_uplink()),
     };

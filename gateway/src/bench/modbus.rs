@@ -43,6 +43,8 @@ fn config(addr: &str, points: u16, max_registers: u16, interval: Duration) -> Mo
         deadband: None,
         heartbeat: None,
         writable: false,
+        min: None,
+        max: None,
     };
     ModbusConfig {
         transport: Transport::Tcp,

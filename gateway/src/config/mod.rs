@@ -37,6 +37,7 @@ pub use load::{ConfigError, ConfigErrors, KeyPath, Seg, ENV_PREFIX};
 pub use units::{ByteSize, Secret, SecretSource};
 
 use crate::queue::{Durability, QueueOptions, WhenFull};
+use crate::rules::{AlertConfig, RuleConfig};
 use crate::uplink::https::{HttpsSettings, HttpsUplinkConfig};
 use crate::uplink::mqtt::{MqttSettings, MqttUplinkConfig};
 use crate::uplink::{Drain, Filter};
@@ -62,6 +63,35 @@ pub struct Config {
     pub adapters: Vec<AdapterSection>,
     /// `[[uplinks]]`, in file order.
     pub uplinks: Vec<UplinkSection>,
+    /// `[[rules]]`, in file order (the first match applies).
+    pub rules: Vec<RuleConfig>,
+    /// `[[alerts]]`.
+    pub alerts: Vec<AlertConfig>,
+    /// `[commands]`.
+    pub commands: CommandsSection,
+}
+
+/// `[commands]`: commands from the cloud (taken by uplinks with `command_topic` or
+/// `commands_url`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandsSection {
+    /// How long a command that gives neither `deadline` nor `ttl` may wait to be executed.
+    /// Default `"60s"`.
+    #[serde(default = "default_command_ttl", with = "fieldgate_adapter::duration")]
+    pub default_ttl: Duration,
+}
+
+const fn default_command_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Default for CommandsSection {
+    fn default() -> Self {
+        CommandsSection {
+            default_ttl: default_command_ttl(),
+        }
+    }
 }
 
 /// `[gateway]`: who this gateway is and where it keeps its state.
@@ -281,6 +311,19 @@ struct UplinkCommon {
     drain: DrainMode,
     #[serde(default)]
     backlog_rate: Option<ByteSize>,
+    #[serde(default)]
+    carries: Carries,
+}
+
+/// `carries = ...`: what an uplink sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Carries {
+    /// Readings and alerts (alerts first).
+    #[default]
+    All,
+    /// Alert events only (an SMS gateway, a pager, a second link kept for emergencies).
+    Alerts,
 }
 
 const UPLINK_COMMON_KEYS: &[&str] = &[
@@ -292,6 +335,7 @@ const UPLINK_COMMON_KEYS: &[&str] = &[
     "retry_max",
     "drain",
     "backlog_rate",
+    "carries",
 ];
 /// Every key an `[[uplinks]]` entry takes besides its kind's own.
 const UPLINK_ENTRY_KEYS: &[&str] = &[
@@ -305,6 +349,7 @@ const UPLINK_ENTRY_KEYS: &[&str] = &[
     "retry_max",
     "drain",
     "backlog_rate",
+    "carries",
 ];
 const LENIENT: Extract = Extract {
     lenient: true,
@@ -401,6 +446,12 @@ struct RawConfig {
     adapters: Vec<Value>,
     #[serde(default)]
     uplinks: Vec<Value>,
+    #[serde(default)]
+    rules: Vec<Value>,
+    #[serde(default)]
+    alerts: Vec<Value>,
+    #[serde(default)]
+    commands: Option<Value>,
 }
 
 impl Config {
@@ -437,10 +488,28 @@ impl Config {
                 queue: None,
                 adapters: Vec::new(),
                 uplinks: Vec::new(),
+                rules: Vec::new(),
+                alerts: Vec::new(),
+                commands: None,
             });
         let gateway = section::<GatewaySection>(&mut c, raw.gateway.as_ref(), "gateway");
         let log = section::<LogSection>(&mut c, raw.log.as_ref(), "log");
         let queue = section::<QueueSection>(&mut c, raw.queue.as_ref(), "queue");
+        let commands = section::<CommandsSection>(&mut c, raw.commands.as_ref(), "commands");
+        if commands.as_ref().is_some_and(|s| s.default_ttl.is_zero()) {
+            c.push(
+                root.key("commands").key("default_ttl"),
+                "must be greater than zero, like \"60s\"",
+            );
+        }
+        let rules: Vec<RuleConfig> = entries(&mut c, &raw.rules, "rules");
+        for (i, p) in crate::rules::validate_rules(&rules) {
+            c.push(root.key("rules").index(i).join_str(&p.key), p.message);
+        }
+        let alerts: Vec<AlertConfig> = entries(&mut c, &raw.alerts, "alerts");
+        for (i, p) in crate::rules::validate_alerts(&alerts) {
+            c.push(root.key("alerts").index(i).join_str(&p.key), p.message);
+        }
 
         let mut adapters = Vec::new();
         for (i, entry) in raw.adapters.iter().enumerate() {
@@ -537,8 +606,8 @@ impl Config {
         if !c.errors.is_empty() {
             return Err(ConfigErrors(c.errors));
         }
-        match (gateway, log, queue) {
-            (Some(gateway), Some(log), Some(queue)) => Ok(Config {
+        match (gateway, log, queue, commands) {
+            (Some(gateway), Some(log), Some(queue), Some(commands)) => Ok(Config {
                 file: file.to_path_buf(),
                 base_dir,
                 gateway,
@@ -546,6 +615,9 @@ impl Config {
                 queue,
                 adapters,
                 uplinks,
+                rules,
+                alerts,
+                commands,
             }),
             // Unreachable in practice: a section that failed recorded an error above.
             _ => Err(ConfigErrors(c.errors)),
@@ -596,6 +668,15 @@ fn section<T: serde::de::DeserializeOwned + Default>(
         // Leniently, so that the keys that parsed are still range-checked.
         Some(v) => c.extract_with(v, &KeyPath::default().key(name), LENIENT),
     }
+}
+
+/// The entries of an array of tables (`[[rules]]`), each deserialized at its own key path;
+/// the ones that fail are reported and left out.
+fn entries<T: serde::de::DeserializeOwned>(c: &mut Collector, raw: &[Value], name: &str) -> Vec<T> {
+    raw.iter()
+        .enumerate()
+        .filter_map(|(i, v)| c.extract(v, &KeyPath::default().key(name).index(i)))
+        .collect()
 }
 
 fn entry_id(v: &Value) -> Option<&str> {
@@ -898,6 +979,7 @@ fn uplink(
             adapters: common.adapters.unwrap_or_default(),
             devices: common.devices.unwrap_or_default(),
             points: common.points.unwrap_or_default(),
+            alerts_only: common.carries == Carries::Alerts,
         },
         batch_size: common.batch_size,
         retry_min: common.retry_min,

@@ -3,6 +3,12 @@
 //! de-duplicates by idempotency key. Faults can be scripted (a status with `Retry-After`, a
 //! response that comes too late) and the server can go down and come back on the same port.
 //! Used by the end-to-end tests and `fieldgate bench --https`.
+//!
+//! It also plays the cloud's side of the command poll (docs/commands.md): commands queued with
+//! [`IngestServer::push_command`] are handed out, and removed, by `GET .../commands` (a JSON
+//! array; `204` when there are none), and every `POST .../commands/responses` body is kept
+//! for [`IngestServer::responses`]. These requests check the bearer token like the rest,
+//! have their own fault scripts and are not counted in [`IngestServer::seen`].
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::Read as _;
@@ -82,6 +88,16 @@ struct State {
     batches: Vec<Batch>,
     duplicates: u64,
     readings: u64,
+    /// Commands waiting for the next poll.
+    commands: VecDeque<serde_json::Value>,
+    /// Polls answered (any status).
+    polls: u64,
+    /// Scripted answers for the next polls.
+    poll_script: VecDeque<Fault>,
+    /// Response bodies taken, in arrival order.
+    responses: Vec<serde_json::Value>,
+    /// Scripted answers for the next response posts.
+    response_script: VecDeque<Fault>,
 }
 
 #[derive(Debug)]
@@ -136,6 +152,41 @@ impl IngestServer {
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://{}/ingest", self.addr)
+    }
+
+    /// `https://127.0.0.1:PORT/commands` (or `http://`): where the uplink polls for
+    /// commands; its responses go to this url + `/responses`.
+    pub fn commands_url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/commands", self.addr)
+    }
+
+    /// Queues a command for the next poll.
+    pub fn push_command(&self, command: serde_json::Value) {
+        self.ingest.lock().commands.push_back(command);
+    }
+
+    /// Command responses posted so far, in arrival order (a response sent again after a lost
+    /// answer is here twice).
+    pub fn responses(&self) -> Vec<serde_json::Value> {
+        self.ingest.lock().responses.clone()
+    }
+
+    /// Polls for commands so far (any outcome but a wrong bearer token).
+    pub fn command_polls(&self) -> u64 {
+        self.ingest.lock().polls
+    }
+
+    /// Answers the next polls for commands with these faults, in order. `Status` hands out
+    /// nothing; `Late` hands out the queued commands but answers too late (they are lost).
+    pub fn script_polls(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.ingest.lock().poll_script.extend(faults);
+    }
+
+    /// Answers the next response posts with these faults, in order. `Status` does not keep
+    /// the response; `Late` keeps it but answers too late.
+    pub fn script_responses(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.ingest.lock().response_script.extend(faults);
     }
 
     /// The PKI whose CA signed the server certificate (and can sign clients).
@@ -243,11 +294,23 @@ impl Ingest {
         };
         let key = header("idempotency-key");
         let gzip = header("content-encoding").is_some_and(|e| e == "gzip");
-        if let Some(token) = &self.opts.bearer {
-            if header("authorization").as_deref() != Some(&format!("Bearer {token}")) {
-                self.log(401, key);
+        let bearer_ok = self.opts.bearer.as_ref().is_none_or(|token| {
+            header("authorization").as_deref() == Some(&format!("Bearer {token}"))
+        });
+        let path = req.uri().path().trim_end_matches('/');
+        if path.ends_with("/commands") || path.ends_with("/commands/responses") {
+            if !bearer_ok {
                 return text(401, "missing or wrong bearer token");
             }
+            return if path.ends_with("/responses") {
+                self.command_response(req).await
+            } else {
+                self.poll(&req).await
+            };
+        }
+        if !bearer_ok {
+            self.log(401, key);
+            return text(401, "missing or wrong bearer token");
         }
         // The body is read before any scripted answer: answering early and closing with the
         // body unread would reset the connection, and the client would see no status at all.
@@ -263,11 +326,7 @@ impl Ingest {
         }) = &fault
         {
             self.log(*status, key);
-            let mut r = text(*status, body.clone());
-            if let Some(v) = retry_after.as_deref().and_then(|v| v.parse().ok()) {
-                r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
-            }
-            return r;
+            return status_response(*status, retry_after.as_deref(), body);
         }
         let body = if gzip {
             let mut out = Vec::new();
@@ -316,6 +375,84 @@ impl Ingest {
         self.log(200, key);
         text(200, "ok")
     }
+}
+
+impl Ingest {
+    /// `GET .../commands`: hands out the queued commands and forgets them.
+    async fn poll(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != hyper::Method::GET {
+            return text(405, "commands are polled with GET");
+        }
+        let (fault, commands) = {
+            let mut st = self.lock();
+            st.polls += 1;
+            match st.poll_script.pop_front() {
+                Some(Fault::Status {
+                    status,
+                    retry_after,
+                    body,
+                }) => return status_response(status, retry_after.as_deref(), &body),
+                fault => (fault, st.commands.drain(..).collect::<Vec<_>>()),
+            }
+        };
+        if let Some(Fault::Late(d)) = fault {
+            tokio::time::sleep(d).await;
+        }
+        if commands.is_empty() {
+            return text(204, "");
+        }
+        let mut r = text(200, serde_json::Value::Array(commands).to_string());
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        r
+    }
+
+    /// `POST .../commands/responses`: keeps the response.
+    async fn command_response(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != hyper::Method::POST {
+            return text(405, "responses are posted with POST");
+        }
+        let json = req
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        // Read before answering, as for batches.
+        let body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return text(400, "cannot read the body"),
+        };
+        let fault = self.lock().response_script.pop_front();
+        if let Some(Fault::Status {
+            status,
+            retry_after,
+            body,
+        }) = &fault
+        {
+            return status_response(*status, retry_after.as_deref(), body);
+        }
+        if !json {
+            return text(415, "a response is application/json");
+        }
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(v) => self.lock().responses.push(v),
+            Err(_) => return text(400, "a response is a JSON value"),
+        }
+        if let Some(Fault::Late(d)) = fault {
+            tokio::time::sleep(d).await;
+        }
+        text(200, "ok")
+    }
+}
+
+/// A scripted status answer, with `Retry-After` if given.
+fn status_response(status: u16, retry_after: Option<&str>, body: &str) -> Response<Full<Bytes>> {
+    let mut r = text(status, body.to_string());
+    if let Some(v) = retry_after.and_then(|v| v.parse().ok()) {
+        r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+    }
+    r
 }
 
 impl Handler for Ingest {

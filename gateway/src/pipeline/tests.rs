@@ -2,9 +2,10 @@ use super::*;
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use fieldgate_adapter::{BoxFuture, Reading, Value};
+use fieldgate_adapter::{BoxFuture, Value};
 
 use crate::queue::{Inspector, Queued};
 use crate::uplink::{settled, Delivery, Filter, Pending, SendError};
@@ -186,6 +187,7 @@ async fn a_failing_or_panicking_adapter_is_restarted() {
     });
     let rec = Recorder::default();
     let parts = Parts {
+        commands: None,
         adapters: vec![("flaky".into(), factory)],
         uplinks: vec![(uplink_opts("rec"), Box::new(rec.clone()))],
     };
@@ -205,6 +207,7 @@ async fn stop_commits_what_is_in_memory() {
     // A long flush interval and a big batch: without a clean stop nothing would be committed.
     let cfg = config(dir.path(), "flush_interval = \"60s\"\nbatch_size = 100000");
     let parts = Parts {
+        commands: None,
         adapters: vec![("a".into(), counter_adapter("a", 5000))],
         // An uplink that never succeeds, so everything stays in the queue.
         uplinks: vec![(
@@ -247,6 +250,7 @@ async fn retries_then_delivers_and_dead_letters_rejects() {
     only_b.filter.adapters = vec!["b".to_string()];
     let filtered = Recorder::default();
     let parts = Parts {
+        commands: None,
         adapters: vec![
             ("a".into(), counter_adapter("a", 50)),
             ("b".into(), counter_adapter("b", 50)),
@@ -344,6 +348,7 @@ async fn stop_returns_even_if_an_adapter_ignores_shutdown() {
         })) as Box<dyn Adapter>)
     });
     let parts = Parts {
+        commands: None,
         adapters: vec![("s".into(), stubborn)],
         uplinks: vec![(uplink_opts("rec"), Box::new(Recorder::default()))],
     };
@@ -399,6 +404,7 @@ async fn drain_run(drain: crate::uplink::Drain) -> (Vec<(u64, String)>, Vec<bool
     let mut opts = uplink_opts("rec");
     opts.drain = drain;
     let parts = Parts {
+        commands: None,
         adapters: vec![("new".into(), trickle("new", 200))],
         uplinks: vec![(opts, Box::new(rec.clone()))],
     };
@@ -477,6 +483,7 @@ async fn live_first_caps_the_backlog_rate() {
         backlog_rate: Some(40_000),
     };
     let parts = Parts {
+        commands: None,
         adapters: vec![],
         uplinks: vec![(
             opts,
@@ -521,6 +528,7 @@ async fn the_watchdog_is_pinged_only_while_the_pipeline_is_alive() {
         .set_read_timeout(Some(Duration::from_millis(50)))
         .expect("timeout");
     let parts = Parts {
+        commands: None,
         adapters: vec![("a".into(), counter_adapter("a", 10))],
         uplinks: vec![(uplink_opts("rec"), Box::new(Recorder::default()))],
     };
@@ -615,6 +623,7 @@ async fn readings_from_before_a_clock_sync_are_delivered_with_corrected_times() 
             ..fast()
         };
         let parts = Parts {
+            commands: None,
             adapters: vec![("a".into(), factory)],
             uplinks: vec![(uplink_opts("rec"), Box::new(rec.clone()))],
         };
@@ -656,4 +665,284 @@ async fn readings_from_before_a_clock_sync_are_delivered_with_corrected_times() 
         }
         running.stop().await.expect("stops");
     }
+}
+
+/// A site whose `[[alerts]]` raise `hot` when `boiler/temp` goes above 50.
+fn alert_config(dir: &Path) -> Config {
+    let text = format!(
+        r#"
+[gateway]
+id = "test"
+data_dir = "{}"
+[queue]
+flush_interval = "5ms"
+[[adapters]]
+id = "unused"
+type = "simulator"
+[[adapters.devices]]
+id = "d"
+[[adapters.devices.points]]
+name = "p"
+waveform = "counter"
+interval = "1s"
+[[uplinks]]
+id = "unused"
+type = "console"
+[[alerts]]
+name = "hot"
+device = "boiler"
+point = "temp"
+high = 50.0
+severity = "critical"
+"#,
+        dir.display()
+    );
+    Config::from_toml(&dir.join("site.toml"), &text, &[]).expect("valid test config")
+}
+
+/// Sends one boiler reading of `temp`, then waits for shutdown.
+fn boiler(temp: f64) -> AdapterFactory {
+    Box::new(move || {
+        Ok(
+            Box::new(FnAdapter(move |mut ctx: AdapterContext| async move {
+                let r = Reading::new(
+                    "plant",
+                    "boiler",
+                    "temp",
+                    SystemTime::now(),
+                    Value::F64(temp),
+                );
+                ctx.readings.send(r).await?;
+                ctx.shutdown.fired().await;
+                Ok(())
+            })) as Box<dyn Adapter>,
+        )
+    })
+}
+
+async fn alert_overtakes_backlog(drain: crate::uplink::Drain) {
+    const BACKLOG: u64 = 100_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = alert_config(dir.path());
+    backlog(dir.path(), &cfg, BACKLOG as i64);
+    let rec = Recorder::default();
+    // The link is down while the alert is raised: 100,000 readings wait before it.
+    rec.down.store(true, Ordering::SeqCst);
+    let mut opts = uplink_opts("rec");
+    opts.drain = drain;
+    opts.batch_size = 1000;
+    let parts = Parts {
+        commands: None,
+        adapters: vec![("plant".into(), boiler(72.5))],
+        uplinks: vec![(opts, Box::new(rec.clone()))],
+    };
+    let running = start_with(&cfg, parts, fast()).await.expect("starts");
+    let committed = running.queue().subscribe();
+    wait_until("the alert and its reading are committed", || {
+        *committed.borrow() >= BACKLOG + 2
+    })
+    .await;
+    rec.down.store(false, Ordering::SeqCst);
+    wait_until("everything delivered", || {
+        rec.items.lock().expect("lock").len() as u64 >= BACKLOG + 2
+    })
+    .await;
+    running.stop().await.expect("stops");
+    let items = rec.items.lock().expect("lock").clone();
+    // The first thing delivered is the alert, with the reading that raised it.
+    let first = &items[0];
+    let alert = first
+        .alert
+        .as_ref()
+        .expect("the first delivery is the alert");
+    assert_eq!(alert.rule.as_str(), "hot");
+    assert_eq!(alert.state, crate::queue::AlertState::Raised);
+    assert_eq!(alert.level, crate::queue::AlertLevel::High);
+    assert_eq!(alert.threshold, 50.0);
+    assert_eq!(alert.severity, crate::queue::Severity::Critical);
+    assert_eq!(first.reading.device.as_str(), "boiler");
+    assert_eq!(first.reading.value, Value::F64(72.5));
+    assert_eq!(first.seq, BACKLOG + 1, "queued after the backlog");
+    // Everything else arrives too, each reading once: the alert is not sent again when
+    // the queue order reaches it.
+    let mut seqs: Vec<u64> = items.iter().map(|q| q.seq).collect();
+    assert_eq!(items.iter().filter(|q| q.alert.is_some()).count(), 1);
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=BACKLOG + 2).collect::<Vec<_>>());
+    let stats = Inspector::open(&cfg.queue_path())
+        .expect("inspect")
+        .stats()
+        .expect("stats");
+    assert_eq!(stats.depth, 0, "every reading acknowledged");
+    assert_eq!(
+        stats.uplinks[0].delivered,
+        BACKLOG + 2,
+        "the alert is counted as delivered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_raised_behind_a_100k_backlog_is_delivered_first() {
+    alert_overtakes_backlog(crate::uplink::Drain::Fifo).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_overtakes_the_backlog_under_live_first_too() {
+    alert_overtakes_backlog(crate::uplink::Drain::LiveFirst { backlog_rate: None }).await;
+}
+
+/// A wall clock that follows tokio's (paused) time from `base`.
+#[derive(Debug)]
+struct TokioClock {
+    base: SystemTime,
+    start: tokio::time::Instant,
+}
+
+impl crate::clock::Clock for TokioClock {
+    fn wall(&self) -> SystemTime {
+        self.base + self.start.elapsed()
+    }
+    fn since_boot(&self) -> Duration {
+        Duration::from_secs(1000) + self.start.elapsed()
+    }
+    fn synchronized(&self) -> bool {
+        true
+    }
+    fn boot_id(&self) -> String {
+        "paused".into()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn rules_run_through_the_writer_on_paused_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        r#"
+[gateway]
+id = "test"
+data_dir = "{}"
+[queue]
+flush_interval = "10ms"
+[[adapters]]
+id = "unused"
+type = "simulator"
+[[adapters.devices]]
+id = "d"
+[[adapters.devices.points]]
+name = "p"
+waveform = "counter"
+interval = "1s"
+[[uplinks]]
+id = "unused"
+type = "console"
+[[rules]]
+device = "meter"
+point = "flow"
+aggregate = {{ window = "1m", functions = ["min", "max", "mean", "count"] }}
+[[rules]]
+device = "tank"
+point = "level"
+deadband = 0.5
+heartbeat = "5m"
+"#,
+        dir.path().display()
+    );
+    let cfg = Config::from_toml(&dir.path().join("site.toml"), &text, &[]).expect("valid");
+    // A whole minute, so the one-minute windows start at `base`.
+    let base = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let clock = Arc::new(TokioClock {
+        base,
+        start: tokio::time::Instant::now(),
+    });
+    let at = |s: u64| base + Duration::from_secs(s);
+    let adapter_clock = Arc::clone(&clock);
+    let factory: AdapterFactory = Box::new(move || {
+        let clock = Arc::clone(&adapter_clock);
+        Ok(
+            Box::new(FnAdapter(move |mut ctx: AdapterContext| async move {
+                let flow = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 100.0, 200.0];
+                let level = [1.0, 1.2, 1.6, 1.4, 2.2, 2.2, 2.2, 2.2, 2.2, 2.2];
+                let start = tokio::time::Instant::now();
+                for s in (0..=540u64).step_by(10) {
+                    tokio::time::sleep_until(start + Duration::from_secs(s)).await;
+                    let now = crate::clock::Clock::wall(&*clock);
+                    if let Some(v) = flow.get((s / 10) as usize) {
+                        ctx.readings
+                            .send(Reading::new("site", "meter", "flow", now, Value::F64(*v)))
+                            .await?;
+                    }
+                    if s % 60 == 0 {
+                        let v = level[(s / 60) as usize];
+                        ctx.readings
+                            .send(Reading::new("site", "tank", "level", now, Value::F64(v)))
+                            .await?;
+                    }
+                }
+                ctx.shutdown.fired().await;
+                Ok(())
+            })) as Box<dyn Adapter>,
+        )
+    });
+    let rec = Recorder::default();
+    let parts = Parts {
+        commands: None,
+        adapters: vec![("site".into(), factory)],
+        uplinks: vec![(uplink_opts("rec"), Box::new(rec.clone()))],
+    };
+    let opts = PipelineOptions {
+        clock: clock.clone(),
+        ..fast()
+    };
+    let running = start_with(&cfg, parts, opts).await.expect("starts");
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    running.stop().await.expect("stops");
+    let got: Vec<(SystemTime, String, Value)> = rec
+        .items
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|q| {
+            (
+                q.reading.ts,
+                format!("{}/{}", q.reading.device, q.reading.point),
+                q.reading.value.clone(),
+            )
+        })
+        .collect();
+    let mut flow: Vec<_> = got
+        .iter()
+        .filter(|g| g.1.starts_with("meter/"))
+        .cloned()
+        .collect();
+    flow.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let f = |s, p: &str, v| (at(s), format!("meter/{p}"), v);
+    assert_eq!(
+        flow,
+        vec![
+            f(0, "flow_count", Value::I64(6)),
+            f(0, "flow_max", Value::F64(60.0)),
+            f(0, "flow_mean", Value::F64(35.0)),
+            f(0, "flow_min", Value::F64(10.0)),
+            f(60, "flow_count", Value::I64(2)),
+            f(60, "flow_max", Value::F64(200.0)),
+            f(60, "flow_mean", Value::F64(150.0)),
+            f(60, "flow_min", Value::F64(100.0)),
+        ],
+        "one aggregate per function per minute, stamped with the window's start; no raw flow"
+    );
+    let level: Vec<_> = got
+        .iter()
+        .filter(|g| g.1 == "tank/level")
+        .map(|g| (g.0, g.2.clone()))
+        .collect();
+    assert_eq!(
+        level,
+        vec![
+            (at(0), Value::F64(1.0)),   // the first always passes
+            (at(120), Value::F64(1.6)), // moved 0.6 > 0.5 (1.2 at 60 s did not)
+            (at(240), Value::F64(2.2)), // moved 0.6 (1.4 at 180 s did not)
+            (at(540), Value::F64(2.2)), // unchanged, but 5 minutes since the last one
+        ],
+        "deadband and heartbeat"
+    );
 }

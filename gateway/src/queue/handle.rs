@@ -6,7 +6,35 @@ use std::time::SystemTime;
 use fieldgate_adapter::Reading;
 use tokio::sync::watch;
 
-use super::{AppendOutcome, Queue, QueueError, QueueStats, Queued};
+use super::{Alert, AppendOutcome, Queue, QueueError, QueueStats, Queued};
+
+/// What the writer commits in one transaction: readings, and for some of them (by index) the
+/// alert event they carry.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The readings, in order.
+    pub readings: Vec<Reading>,
+    /// `(index into readings, alert)`, by ascending index.
+    pub alerts: Vec<(usize, Alert)>,
+}
+
+impl Batch {
+    /// Number of readings (alerts included).
+    pub fn len(&self) -> usize {
+        self.readings.len()
+    }
+
+    /// True without readings.
+    pub fn is_empty(&self) -> bool {
+        self.readings.is_empty()
+    }
+
+    /// Empties it, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.readings.clear();
+        self.alerts.clear();
+    }
+}
 
 /// A cloneable, async handle to the queue.
 ///
@@ -59,25 +87,28 @@ impl QueueHandle {
         &self,
         readings: Vec<Reading>,
     ) -> (Result<AppendOutcome, QueueError>, Vec<Reading>) {
-        self.append_with(readings, None).await
+        let batch = Batch {
+            readings,
+            alerts: Vec::new(),
+        };
+        let (result, batch) = self.append_with(batch, None).await;
+        (result, batch.readings)
     }
 
     async fn append_with(
         &self,
-        readings: Vec<Reading>,
+        batch: Batch,
         stamp: Option<crate::clock::ClockStamp>,
-    ) -> (Result<AppendOutcome, QueueError>, Vec<Reading>) {
+    ) -> (Result<AppendOutcome, QueueError>, Batch) {
         let inner = Arc::clone(&self.inner);
         let joined = tokio::task::spawn_blocking(move || {
             let mut q = inner
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let result = match &stamp {
-                Some(stamp) => q.append_stamped(&readings, stamp),
-                None => q.append(&readings),
-            };
+            let now = stamp.as_ref().map_or_else(SystemTime::now, |s| s.wall);
+            let result = q.append_alerts(&batch.readings, &batch.alerts, stamp.as_ref(), now);
             drop(q);
-            (result, readings)
+            (result, batch)
         })
         .await;
         match joined {
@@ -93,7 +124,7 @@ impl QueueHandle {
             }
             Err(e) => {
                 tracing::error!(error = %e, "the queue writer task failed; the readings of this batch are lost");
-                (Err(QueueError::Task(e.to_string())), Vec::new())
+                (Err(QueueError::Task(e.to_string())), Batch::default())
             }
         }
     }
@@ -167,13 +198,20 @@ impl QueueHandle {
         Ok(n)
     }
 
-    /// Appends a batch with the clock state of the commit (see [`Queue::append_stamped`]).
+    /// Appends a batch with its alerts and the clock state of the commit (see
+    /// [`Queue::append_stamped`] and [`Queue::append_alerts`]). The batch comes back with the
+    /// result, so a failed one can be retried and its buffers reused.
     pub async fn append_stamped(
         &self,
-        readings: Vec<Reading>,
+        batch: Batch,
         stamp: crate::clock::ClockStamp,
-    ) -> (Result<AppendOutcome, QueueError>, Vec<Reading>) {
-        self.append_with(readings, Some(stamp)).await
+    ) -> (Result<AppendOutcome, QueueError>, Batch) {
+        self.append_with(batch, Some(stamp)).await
+    }
+
+    /// Up to `limit` alert events after `after` (see [`Queue::peek_alerts`]).
+    pub async fn peek_alerts(&self, after: u64, limit: usize) -> Result<Vec<Queued>, QueueError> {
+        self.with(move |q| q.peek_alerts(after, limit)).await
     }
 
     /// Re-stamps this boot's unsynced readings (see [`Queue::restamp`]).

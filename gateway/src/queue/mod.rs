@@ -21,6 +21,8 @@
 //! tells forwarders when new rows are committed. [`Inspector`] opens a queue read-only, safe
 //! beside a running gateway, for `fieldgate queue stats|peek`.
 
+mod alert;
+mod audit;
 mod handle;
 mod series;
 mod state;
@@ -34,7 +36,9 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
-pub use handle::QueueHandle;
+pub use alert::{Alert, AlertLevel, AlertState, Severity};
+pub use audit::{read_audit, AuditEntry, AuditLog, NewEntry, AUDIT_CAP};
+pub use handle::{Batch, QueueHandle};
 use series::SeriesCache;
 pub use state::SqliteState;
 
@@ -129,6 +133,9 @@ pub struct Queued {
     /// Sent again by `fieldgate queue requeue` for this uplink only: the others already
     /// have it.
     pub only_for: Option<String>,
+    /// This reading is an alert event (raised or cleared by the rules stage); forwarders
+    /// send these ahead of everything else.
+    pub alert: Option<Alert>,
 }
 
 /// What happened to an appended batch.
@@ -267,6 +274,15 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 -- Dead letters `fieldgate queue requeue` asked for; the gateway moves them back.
 CREATE TABLE IF NOT EXISTS requeue_requests (
     dead_letter INTEGER PRIMARY KEY
+);
+-- Alert events: the reading with the same seq is the value that raised or cleared it.
+CREATE TABLE IF NOT EXISTS alerts (
+    seq INTEGER PRIMARY KEY,
+    rule TEXT NOT NULL,
+    state TEXT NOT NULL,
+    level TEXT NOT NULL,
+    threshold REAL NOT NULL,
+    severity TEXT NOT NULL
 );
 -- Readings meant for one uplink only (requeued dead letters).
 CREATE TABLE IF NOT EXISTS targets (
@@ -462,7 +478,21 @@ impl Queue {
         readings: &[Reading],
         stamp: &ClockStamp,
     ) -> Result<AppendOutcome, QueueError> {
-        self.append_inner(readings, stamp.wall, Some(stamp))
+        self.append_inner(readings, &[], stamp.wall, Some(stamp))
+    }
+
+    /// [`Queue::append_stamped`] with alert events: `alerts` holds, for some readings of the
+    /// batch, their index and the alert they carry. Under `when_full = "drop_newest"` a full
+    /// queue refuses the batch's plain readings but still takes its alerts: an alert is what
+    /// someone must see when the site is in trouble.
+    pub fn append_alerts(
+        &mut self,
+        readings: &[Reading],
+        alerts: &[(usize, Alert)],
+        stamp: Option<&ClockStamp>,
+        now: SystemTime,
+    ) -> Result<AppendOutcome, QueueError> {
+        self.append_inner(readings, alerts, now, stamp)
     }
 
     /// [`Queue::append`] with an explicit clock, for tests.
@@ -471,19 +501,20 @@ impl Queue {
         readings: &[Reading],
         now: SystemTime,
     ) -> Result<AppendOutcome, QueueError> {
-        self.append_inner(readings, now, None)
+        self.append_inner(readings, &[], now, None)
     }
 
     fn append_inner(
         &mut self,
         readings: &[Reading],
+        alerts: &[(usize, Alert)],
         now: SystemTime,
         stamp: Option<&ClockStamp>,
     ) -> Result<AppendOutcome, QueueError> {
         if readings.is_empty() {
             return Ok(AppendOutcome::default());
         }
-        let result = self.append_tx(readings, now, stamp);
+        let result = self.append_tx(readings, alerts, now, stamp);
         if result.is_err() {
             // The transaction rolled back; series ids it created are gone too.
             self.series.clear();
@@ -494,10 +525,15 @@ impl Queue {
     fn append_tx(
         &mut self,
         readings: &[Reading],
+        alerts: &[(usize, Alert)],
         now: SystemTime,
         stamp: Option<&ClockStamp>,
     ) -> Result<AppendOutcome, QueueError> {
         let mut outcome = AppendOutcome::default();
+        // Only the alerts, when a full queue refuses the rest (`drop_newest`).
+        let only_alerts: Vec<Reading>;
+        let only_alert_events: Vec<(usize, Alert)>;
+        let (mut readings, mut alerts) = (readings, alerts);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -507,14 +543,24 @@ impl Queue {
                 match self.opts.when_full {
                     WhenFull::Block => return Err(QueueError::Full { used, max }),
                     WhenFull::DropNewest => {
-                        let n = readings.len() as u64;
+                        let n = (readings.len() - alerts.len()) as u64;
                         tx.execute(
                             "UPDATE state SET dropped_newest = dropped_newest + ?1 WHERE id = 1",
                             [n as i64],
                         )?;
-                        tx.commit()?;
                         outcome.dropped_newest = n;
-                        return Ok(outcome);
+                        if alerts.is_empty() {
+                            tx.commit()?;
+                            return Ok(outcome);
+                        }
+                        only_alerts = alerts.iter().map(|(i, _)| readings[*i].clone()).collect();
+                        only_alert_events = alerts
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (_, a))| (i, a.clone()))
+                            .collect();
+                        readings = &only_alerts;
+                        alerts = &only_alert_events;
                     }
                     WhenFull::DropOldest => {
                         outcome.dropped_oldest =
@@ -561,6 +607,21 @@ impl Queue {
             }
         }
         let last = first + readings.len() as u64 - 1;
+        if !alerts.is_empty() {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO alerts (seq, rule, state, level, threshold, severity) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (i, a) in alerts {
+                insert.execute(params![
+                    (first + *i as u64) as i64,
+                    a.rule.as_str(),
+                    a.state.as_str(),
+                    a.level.as_str(),
+                    a.threshold,
+                    a.severity.as_str()
+                ])?;
+            }
+        }
         if let Some(stamp) = stamp.filter(|s| !s.synchronized) {
             // The whole batch is on this boot's timeline: a reading's time since boot is
             // `ts + offset`, one offset for the batch (both clocks were read together).
@@ -609,6 +670,8 @@ impl Queue {
         tx.prepare_cached("DELETE FROM unsynced WHERE last_seq <= ?1")?
             .execute([through as i64])?;
         tx.prepare_cached("DELETE FROM targets WHERE last_seq <= ?1")?
+            .execute([through as i64])?;
+        tx.prepare_cached("DELETE FROM alerts WHERE seq <= ?1")?
             .execute([through as i64])?;
         Ok(n as u64)
     }
@@ -693,6 +756,26 @@ impl Queue {
     /// Up to `limit` readings with a sequence id above `after`, oldest first.
     pub fn peek(&mut self, after: u64, limit: usize) -> Result<Vec<Queued>, QueueError> {
         peek_rows(&self.conn, &mut self.series, after, limit, true)
+    }
+
+    /// Up to `limit` alert events with a sequence id above `after`, oldest first (forwarders
+    /// send them ahead of the readings before them).
+    pub fn peek_alerts(&mut self, after: u64, limit: usize) -> Result<Vec<Queued>, QueueError> {
+        let seqs: Vec<i64> = self
+            .conn
+            .prepare_cached("SELECT seq FROM alerts WHERE seq > ?1 ORDER BY seq LIMIT ?2")?
+            .query_map(params![after as i64, limit as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            let seq = seq as u64;
+            out.extend(
+                peek_rows(&self.conn, &mut self.series, seq - 1, 1, true)?
+                    .into_iter()
+                    .filter(|q| q.seq == seq),
+            );
+        }
+        Ok(out)
     }
 
     /// The acknowledged watermark of `uplink`.
@@ -1069,6 +1152,7 @@ fn peek_rows(
         if targets {
             mark_targets(conn, &mut out, first, last)?;
         }
+        mark_alerts(conn, &mut out, first, last)?;
         // Readings whose clock could not be trusted: flagged, and never before the build date.
         let mut flagged = conn.prepare_cached(
             "SELECT first_seq, last_seq FROM unsynced WHERE last_seq >= ?1 AND first_seq <= ?2",
@@ -1090,6 +1174,60 @@ fn peek_rows(
         }
     }
     Ok(out)
+}
+
+/// Attaches their alert events to the readings of `out` (sequence ids `first..=last`).
+fn mark_alerts(
+    conn: &Connection,
+    out: &mut [Queued],
+    first: u64,
+    last: u64,
+) -> Result<(), QueueError> {
+    // Older databases (opened read-only by `fieldgate queue`) may not have the table.
+    let mut stmt = match conn.prepare_cached(
+        "SELECT seq, rule, state, level, threshold, severity FROM alerts WHERE seq BETWEEN ?1 AND ?2",
+    ) {
+        Ok(s) => s,
+        Err(_) => return Ok(()),
+    };
+    let rows = stmt
+        .query_map(params![first as i64, last as i64], |r| {
+            let seq: i64 = r.get(0)?;
+            let rule: String = r.get(1)?;
+            let state: String = r.get(2)?;
+            let level: String = r.get(3)?;
+            let threshold: f64 = r.get(4)?;
+            let severity: String = r.get(5)?;
+            Ok((
+                seq as u64,
+                Alert {
+                    rule: rule.into(),
+                    state: if state == "cleared" {
+                        AlertState::Cleared
+                    } else {
+                        AlertState::Raised
+                    },
+                    level: if level == "low" {
+                        AlertLevel::Low
+                    } else {
+                        AlertLevel::High
+                    },
+                    threshold,
+                    severity: match severity.as_str() {
+                        "info" => Severity::Info,
+                        "critical" => Severity::Critical,
+                        _ => Severity::Warning,
+                    },
+                },
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    for (seq, alert) in rows {
+        if let Ok(i) = out.binary_search_by_key(&seq, |q| q.seq) {
+            out[i].alert = Some(alert);
+        }
+    }
+    Ok(())
 }
 
 /// Marks the readings of `out` (sequence ids `first..=last`) meant for one uplink only.
@@ -1264,6 +1402,7 @@ fn queued_from(
         seq,
         unsynced: false,
         only_for: None,
+        alert: None,
         reading: Reading {
             source: key.source,
             device: key.device,

@@ -200,6 +200,7 @@ mod tests {
             .map(|seq| Queued {
                 unsynced: false,
                 only_for: None,
+                alert: None,
                 seq,
                 reading: Reading::new("sim", "d", "p", UNIX_EPOCH, Value::I64(seq as i64)),
             })

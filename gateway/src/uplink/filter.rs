@@ -1,5 +1,6 @@
-//! Which readings an uplink carries: `adapters`, `devices` and `points` of an `[[uplinks]]`
-//! entry, plus readings sent again to one uplink only (`fieldgate queue requeue`).
+//! Which readings an uplink carries: `adapters`, `devices`, `points` and `carries` of an
+//! `[[uplinks]]` entry, plus readings sent again to one uplink only (`fieldgate queue
+//! requeue`).
 
 use crate::queue::Queued;
 
@@ -12,12 +13,17 @@ pub struct Filter {
     pub devices: Vec<String>,
     /// Point name globs.
     pub points: Vec<String>,
+    /// Alert events only (`carries = "alerts"`).
+    pub alerts_only: bool,
 }
 
 impl Filter {
     /// True if the uplink `uplink` carries `q`.
     pub fn carries(&self, uplink: &str, q: &Queued) -> bool {
         if q.only_for.as_deref().is_some_and(|only| only != uplink) {
+            return false;
+        }
+        if self.alerts_only && q.alert.is_none() {
             return false;
         }
         let r = &q.reading;

@@ -13,8 +13,14 @@
 //! (it must stay contiguous); the live readings already delivered are remembered in memory and
 //! folded into the watermark when the backlog is done. After a crash in between they are sent
 //! again, as backlog: at-least-once, never lost.
+//!
+//! Alerts go first, whatever the drain order: before every batch the forwarder looks for
+//! alert events committed since it last looked that no stream has taken yet, and sends them
+//! as a batch of their own. They are remembered as sent (in memory) and skipped when the
+//! stream that holds them reaches them; the watermark moves over them then. After a crash in
+//! between they are sent again in queue order, with the same sequence ids.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use fieldgate_adapter::Shutdown;
@@ -77,6 +83,8 @@ enum Stream {
     Backlog,
     /// After the split.
     Live,
+    /// Alert events ahead of their place in the queue.
+    Alert,
 }
 
 /// A batch handed to the uplink and not settled yet.
@@ -124,6 +132,13 @@ struct Forwarder {
     replay: VecDeque<u64>,
     /// The far side's `Retry-After`, for the next backoff.
     retry_after: Option<Duration>,
+    /// Alert events with ids up to here have been looked for.
+    alerts_seen: u64,
+    /// Alert events sent ahead of their place, settled or in flight; skipped by the
+    /// streams when they reach them.
+    alerts_taken: BTreeSet<u64>,
+    /// Readings delivered by alert batches, not yet recorded with an acknowledgement.
+    alerts_delivered: u64,
 }
 
 impl Forwarder {
@@ -133,6 +148,13 @@ impl Forwarder {
 
     /// Starts over from the watermark: splits if live_first and there is a backlog.
     fn rewind(&mut self, newest: u64) {
+        // Alerts that were in flight are sent again; settled ones stay taken.
+        for f in self.inflight.iter().filter(|f| f.stream == Stream::Alert) {
+            for seq in &f.seqs {
+                self.alerts_taken.remove(seq);
+            }
+        }
+        self.alerts_seen = self.cursor;
         self.inflight.clear();
         self.next = self.cursor;
         self.split = match self.opts.drain {
@@ -152,21 +174,67 @@ impl Forwarder {
     }
 
     fn filter(&self, mut items: Vec<Queued>) -> Vec<Queued> {
-        items.retain(|q| self.opts.filter.carries(&self.opts.id, q));
+        items.retain(|q| {
+            !self.alerts_taken.contains(&q.seq) && self.opts.filter.carries(&self.opts.id, q)
+        });
         items
+    }
+
+    /// True if a stream already took `seq` (sent or in flight).
+    fn streamed(&self, seq: u64) -> bool {
+        match &self.split {
+            None => seq <= self.next,
+            Some(sp) => seq <= sp.backlog_next || (seq > sp.at && seq <= sp.live_next),
+        }
+    }
+
+    /// The alert events committed through `newest` that no stream has taken yet, as one
+    /// batch (`Ok(None)`: none).
+    async fn take_alerts(
+        &mut self,
+        newest: u64,
+    ) -> Result<Option<(u64, Vec<Queued>)>, crate::queue::QueueError> {
+        if newest <= self.alerts_seen {
+            return Ok(None);
+        }
+        let found = self
+            .queue
+            .peek_alerts(self.alerts_seen, self.opts.batch_size)
+            .await?;
+        // Looked through `newest` (or further: an alert committed since is sent too), unless
+        // the batch was full.
+        self.alerts_seen = match found.last() {
+            Some(q) if found.len() >= self.opts.batch_size => q.seq,
+            Some(q) => q.seq.max(newest),
+            None => newest,
+        };
+        let batch: Vec<Queued> = found
+            .into_iter()
+            .filter(|q| !self.streamed(q.seq) && !self.alerts_taken.contains(&q.seq))
+            .filter(|q| self.opts.filter.carries(&self.opts.id, q))
+            .collect();
+        let Some(last) = batch.last().map(|q| q.seq) else {
+            return Ok(None);
+        };
+        self.alerts_taken.extend(batch.iter().map(|q| q.seq));
+        Ok(Some((last, batch)))
     }
 
     /// Before a rewind after a failure: remembers the ranges of the batches that were in
     /// flight (`failed_last` ended the one that failed), so they are sent again as they were.
     fn remember_ranges(&mut self, stream: Stream, failed_last: u64) {
-        if matches!(self.opts.drain, Drain::LiveFirst { .. }) || stream != Stream::Main {
+        if matches!(self.opts.drain, Drain::LiveFirst { .. })
+            || matches!(stream, Stream::Backlog | Stream::Live)
+        {
             self.replay.clear();
             return;
         }
         // Ranges still to be replayed from an earlier failure (the window was not refilled
         // up to them) stay, after the ones in flight now.
         let earlier = std::mem::take(&mut self.replay);
-        self.replay.push_back(failed_last);
+        if stream == Stream::Main {
+            self.replay.push_back(failed_last);
+        }
         self.replay.extend(
             self.inflight
                 .iter()
@@ -194,7 +262,7 @@ impl Forwarder {
             (Stream::Main, _) => (self.next, replay.unwrap_or(u64::MAX)),
             (Stream::Backlog, Some(sp)) => (sp.backlog_next, sp.at),
             (Stream::Live, Some(sp)) => (sp.live_next, u64::MAX),
-            (_, None) => return Ok(None),
+            (Stream::Alert, _) | (_, None) => return Ok(None),
         };
         if from >= until {
             return Ok(None);
@@ -219,7 +287,7 @@ impl Forwarder {
             (Stream::Main, _) => self.next = last,
             (Stream::Backlog, Some(sp)) => sp.backlog_next = last,
             (Stream::Live, Some(sp)) => sp.live_next = last,
-            (_, None) => {}
+            (Stream::Alert, _) | (_, None) => {}
         }
         Ok(Some((last, self.filter(items))))
     }
@@ -305,18 +373,24 @@ impl Forwarder {
                 (0, 0)
             }
         };
-        if stream == Stream::Live {
+        if stream == Stream::Alert {
+            // Skipped by the streams from now on; recorded with their next acknowledgement.
+            self.alerts_delivered += delivered;
+        } else if stream == Stream::Live {
             if let Some(sp) = self.split.as_mut() {
                 sp.live_acked = last;
                 sp.live_delivered += delivered;
             }
         } else {
+            let delivered = delivered + self.alerts_delivered;
             if let Err(e) = self.queue.ack(&id, last, delivered).await {
                 // Not acknowledged: the batch will be sent again (at-least-once).
                 tracing::error!(uplink = %id, error = %e, "delivered but could not record it; it will be sent again");
                 return false;
             }
+            self.alerts_delivered = 0;
             self.cursor = last;
+            self.alerts_taken = self.alerts_taken.split_off(&(last + 1));
             if stream == Stream::Backlog {
                 if let (
                     Some(sp),
@@ -375,6 +449,9 @@ pub async fn forwarder(
         last_sent: None,
         replay: VecDeque::new(),
         retry_after: None,
+        alerts_seen: cursor,
+        alerts_taken: BTreeSet::new(),
+        alerts_delivered: 0,
     };
     f.rewind(*committed.borrow_and_update());
     loop {
@@ -385,10 +462,23 @@ pub async fn forwarder(
         let mut live_empty = false;
         while f.inflight.len() < window && !shutdown.is_fired() {
             seen = seen.max(*committed.borrow_and_update());
-            let Some(stream) = f.next_stream(live_empty) else {
-                break;
+            let alerts = match f.take_alerts(seen).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(uplink = %f.id(), error = %e, "cannot read alerts from the queue");
+                    None
+                }
             };
-            let (last, batch) = match f.peek(stream).await {
+            let (stream, peeked) = match alerts {
+                Some(batch) => (Stream::Alert, Ok(Some(batch))),
+                None => {
+                    let Some(stream) = f.next_stream(live_empty) else {
+                        break;
+                    };
+                    (stream, f.peek(stream).await)
+                }
+            };
+            let (last, batch) = match peeked {
                 Ok(Some(b)) => b,
                 Ok(None) => {
                     if stream == Stream::Live {
@@ -465,6 +555,12 @@ pub async fn forwarder(
         let ok = f.settle(stream, last, &seqs, result).await;
         let ok = ok && f.merge_if_done().await.is_ok();
         if !ok {
+            if stream == Stream::Alert {
+                // Not delivered: sent again ahead of the rest after the rewind.
+                for seq in &seqs {
+                    f.alerts_taken.remove(seq);
+                }
+            }
             // Everything after the last acknowledged reading is sent again, after a backoff
             // (no shorter than the far side asked for).
             let delay = f

@@ -100,9 +100,22 @@ pub trait Uplink: Send + 'static {
     }
 }
 
+/// True if the uplink a config section describes takes commands from the cloud.
+pub fn takes_commands(section: &UplinkSection) -> bool {
+    match &section.kind {
+        UplinkConfig::Mqtt(m) => m.commands.is_some(),
+        UplinkConfig::Https(h) => h.commands.is_some(),
+        UplinkConfig::File(_) | UplinkConfig::Console(_) => false,
+    }
+}
+
 /// Builds the uplink a config section describes. Must run inside a tokio runtime (the MQTT
 /// uplink starts connecting at once).
-pub fn build(config: &Config, section: &UplinkSection) -> Box<dyn Uplink> {
+pub fn build(
+    config: &Config,
+    section: &UplinkSection,
+    inbox: Option<&crate::command::Inbox>,
+) -> Box<dyn Uplink> {
     match &section.kind {
         UplinkConfig::File(f) => Box::new(FileUplink::new(
             config.resolve(&f.path),
@@ -113,13 +126,15 @@ pub fn build(config: &Config, section: &UplinkSection) -> Box<dyn Uplink> {
         UplinkConfig::Console(c) => {
             Box::new(ConsoleUplink::new(c.format, config.gateway.id.clone()))
         }
-        UplinkConfig::Https(h) => Box::new(https::HttpsUplink::new(
+        UplinkConfig::Https(h) => Box::new(https::HttpsUplink::new_with_commands(
             (**h).clone(),
             config.gateway.id.clone(),
+            inbox.map(|i| (section.id.clone(), i.clone())),
         )),
-        UplinkConfig::Mqtt(m) => Box::new(mqtt::MqttUplink::start(
+        UplinkConfig::Mqtt(m) => Box::new(mqtt::MqttUplink::start_with_commands(
             (**m).clone(),
             config.gateway.id.clone(),
+            inbox.map(|i| (section.id.clone(), i.clone())),
         )),
     }
 }

@@ -63,6 +63,18 @@ pub struct HttpsUplinkConfig {
     /// (`<queue_id>:<first_seq>-<last_seq>`); `""` leaves it out. Default `"Idempotency-Key"`.
     #[serde(default = "default_idempotency_header")]
     pub idempotency_header: String,
+    /// Poll here for commands from the cloud (GET, same auth as `url`); default: no commands.
+    /// `https://` (or `http://`), the same scheme as `url`.
+    #[serde(default)]
+    pub commands_url: Option<String>,
+    /// How often `commands_url` is polled (again at once after a poll that brought commands).
+    /// Default `"30s"`, at least `"1s"`; needs `commands_url`.
+    #[serde(default, with = "fieldgate_adapter::duration::option")]
+    pub commands_interval: Option<Duration>,
+    /// Where command responses are POSTed, one JSON body each. Default: `commands_url` +
+    /// `/responses`; needs `commands_url`.
+    #[serde(default)]
+    pub responses_url: Option<String>,
 }
 
 const fn default_timeout() -> Duration {
@@ -77,6 +89,10 @@ const fn default_max_in_flight() -> usize {
 fn default_idempotency_header() -> String {
     "Idempotency-Key".into()
 }
+/// `commands_interval` when not given.
+const DEFAULT_COMMANDS_INTERVAL: Duration = Duration::from_secs(30);
+/// The shortest `commands_interval`.
+const MIN_COMMANDS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How requests authenticate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +135,19 @@ pub struct HttpsSettings {
     pub max_in_flight: usize,
     /// Idempotency key header, if any.
     pub idempotency_header: Option<HeaderName>,
+    /// Where to poll for commands and post their responses, if the uplink takes commands.
+    pub commands: Option<HttpsCommands>,
+}
+
+/// The command endpoints of an HTTPS uplink (`commands_url` and the keys that go with it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsCommands {
+    /// Polled with GET for commands.
+    pub url: reqwest::Url,
+    /// Where each response is POSTed.
+    pub responses_url: reqwest::Url,
+    /// Time between polls.
+    pub interval: Duration,
 }
 
 impl HttpsSettings {
@@ -149,38 +178,7 @@ impl HttpsUplinkConfig {
         env: &[(String, String)],
     ) -> Result<HttpsSettings, Vec<ConfigProblem>> {
         let mut p = Vec::new();
-        let url = match reqwest::Url::parse(&self.url) {
-            Ok(u) if matches!(u.scheme(), "https" | "http") && u.host_str().is_some() => {
-                if !u.username().is_empty() || u.password().is_some() {
-                    p.push(ConfigProblem::new(
-                        "url",
-                        "must not hold credentials; use username/password or bearer_token",
-                    ));
-                }
-                Some(u)
-            }
-            Ok(u) if u.host_str().is_none() => {
-                p.push(ConfigProblem::new(
-                    "url",
-                    format!("`{}` has no host", self.url),
-                ));
-                None
-            }
-            Ok(_) => {
-                p.push(ConfigProblem::new(
-                    "url",
-                    format!("`{}` must start with https:// (or http://)", self.url),
-                ));
-                None
-            }
-            Err(e) => {
-                p.push(ConfigProblem::new(
-                    "url",
-                    format!("`{}` is not a valid url: {e}", self.url),
-                ));
-                None
-            }
-        };
+        let url = http_url("url", &self.url, &mut p);
         let secret =
             |p: &mut Vec<ConfigProblem>, key: String, s: &SecretSource| -> Option<Secret> {
                 match s.resolve(base, env) {
@@ -314,6 +312,7 @@ impl HttpsUplinkConfig {
                 }
             },
         };
+        let commands = self.commands(url.as_ref(), &mut p);
         if tls && p.is_empty() {
             files.check(self.insecure_skip_verify, &mut p);
         }
@@ -330,13 +329,112 @@ impl HttpsUplinkConfig {
                 connect_timeout: self.connect_timeout,
                 max_in_flight: self.max_in_flight,
                 idempotency_header,
+                commands,
             }),
             _ => Err(p),
         }
     }
 
+    /// Validates `commands_url`, `commands_interval` and `responses_url` (`url` is the
+    /// uplink's url, if valid: the command endpoints share its client, so its scheme).
+    fn commands(
+        &self,
+        url: Option<&reqwest::Url>,
+        p: &mut Vec<ConfigProblem>,
+    ) -> Option<HttpsCommands> {
+        let Some(text) = &self.commands_url else {
+            for (key, given) in [
+                ("commands_interval", self.commands_interval.is_some()),
+                ("responses_url", self.responses_url.is_some()),
+            ] {
+                if given {
+                    p.push(ConfigProblem::new(
+                        key,
+                        "needs commands_url (where the uplink polls for commands)",
+                    ));
+                }
+            }
+            return None;
+        };
+        let same_scheme = |p: &mut Vec<ConfigProblem>, key: &str, u: reqwest::Url| match url {
+            Some(base) if base.scheme() != u.scheme() => {
+                p.push(ConfigProblem::new(
+                        key,
+                        format!(
+                            "must start with {}:// like `url`: one client with one TLS setup makes every request",
+                            base.scheme()
+                        ),
+                    ));
+                None
+            }
+            _ => Some(u),
+        };
+        let commands_url =
+            http_url("commands_url", text, p).and_then(|u| same_scheme(p, "commands_url", u));
+        let responses_url = match &self.responses_url {
+            Some(r) => {
+                http_url("responses_url", r, p).and_then(|u| same_scheme(p, "responses_url", u))
+            }
+            None => commands_url.as_ref().map(|c| {
+                let mut r = c.clone();
+                let path = format!("{}/responses", c.path().trim_end_matches('/'));
+                r.set_path(&path);
+                r
+            }),
+        };
+        let interval = self.commands_interval.unwrap_or(DEFAULT_COMMANDS_INTERVAL);
+        if interval < MIN_COMMANDS_INTERVAL {
+            p.push(ConfigProblem::new(
+                "commands_interval",
+                format!(
+                    "must be at least 1s, not {} (after a poll that brought commands the next one is made at once anyway)",
+                    fieldgate_adapter::duration::format(interval)
+                ),
+            ));
+            return None;
+        }
+        Some(HttpsCommands {
+            url: commands_url?,
+            responses_url: responses_url?,
+            interval,
+        })
+    }
+
     fn has_auth(&self) -> bool {
         self.bearer_token.is_some() || self.username.is_some()
+    }
+}
+
+/// Parses the http(s) url `text` of `key`; problems go to `p`.
+fn http_url(key: &str, text: &str, p: &mut Vec<ConfigProblem>) -> Option<reqwest::Url> {
+    match reqwest::Url::parse(text) {
+        Ok(u) if matches!(u.scheme(), "https" | "http") && u.host_str().is_some() => {
+            if !u.username().is_empty() || u.password().is_some() {
+                p.push(ConfigProblem::new(
+                    key,
+                    "must not hold credentials; use username/password or bearer_token",
+                ));
+            }
+            Some(u)
+        }
+        Ok(u) if u.host_str().is_none() => {
+            p.push(ConfigProblem::new(key, format!("`{text}` has no host")));
+            None
+        }
+        Ok(_) => {
+            p.push(ConfigProblem::new(
+                key,
+                format!("`{text}` must start with https:// (or http://)"),
+            ));
+            None
+        }
+        Err(e) => {
+            p.push(ConfigProblem::new(
+                key,
+                format!("`{text}` is not a valid url: {e}"),
+            ));
+            None
+        }
     }
 }
 
@@ -383,6 +481,46 @@ mod tests {
             Some("idempotency-key")
         );
         assert!(!s.gzip);
+        assert_eq!(s.commands, None);
+    }
+
+    #[test]
+    fn command_endpoints_and_their_defaults() {
+        let check = |extra: &str, want: Option<(&str, &str, u64)>| {
+            let s = settings(&format!("url = \"https://x.example/in\"\n{extra}")).expect(extra);
+            let got = s.commands.map(|c| {
+                (
+                    c.url.to_string(),
+                    c.responses_url.to_string(),
+                    c.interval.as_secs(),
+                )
+            });
+            let want = want.map(|(u, r, i)| (u.to_string(), r.to_string(), i));
+            assert_eq!(got, want, "{extra}");
+        };
+        check("", None);
+        check(
+            r#"commands_url = "https://x.example/v1/commands""#,
+            Some((
+                "https://x.example/v1/commands",
+                "https://x.example/v1/commands/responses",
+                30,
+            )),
+        );
+        check(
+            r#"commands_url = "https://x.example/v1/commands/?site=7"
+               commands_interval = "5s""#,
+            Some((
+                "https://x.example/v1/commands/?site=7",
+                "https://x.example/v1/commands/responses?site=7",
+                5,
+            )),
+        );
+        check(
+            r#"commands_url = "https://x.example/"
+               responses_url = "https://y.example/answers""#,
+            Some(("https://x.example/", "https://y.example/answers", 30)),
+        );
     }
 
     #[test]
@@ -457,6 +595,38 @@ mod tests {
                 r#"url = "https://x/"
                    bearer_token = "line\nbreak""#,
                 "bearer_token",
+            ),
+            (
+                r#"url = "https://x/"
+                   commands_url = "ftp://x/commands""#,
+                "commands_url",
+            ),
+            (
+                r#"url = "https://x/"
+                   commands_url = "http://x/commands""#,
+                "commands_url",
+            ),
+            (
+                r#"url = "https://x/"
+                   commands_url = "https://x/commands"
+                   responses_url = "https://u:p@x/r""#,
+                "responses_url",
+            ),
+            (
+                r#"url = "https://x/"
+                   commands_url = "https://x/commands"
+                   commands_interval = "500ms""#,
+                "commands_interval",
+            ),
+            (
+                r#"url = "https://x/"
+                   commands_interval = "10s""#,
+                "commands_interval",
+            ),
+            (
+                r#"url = "https://x/"
+                   responses_url = "https://x/r""#,
+                "responses_url",
             ),
         ];
         for (text, key) in cases {

@@ -12,21 +12,26 @@
 //! the url need fixing — the batch is fine, and dead-lettering every batch while an operator
 //! fixes a typo would empty the queue into the capped dead-letter table. Any other 4xx (400,
 //! 413, 422, ...) rejects the batch, which the forwarder moves to the dead-letter table.
+//!
+//! With `commands_url`, the uplink also takes commands from the cloud (`commands.rs`): it polls
+//! that url and posts the responses, with the same client, headers and credentials.
 
+mod commands;
 mod config;
 
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use fieldgate_adapter::BoxFuture;
+use fieldgate_adapter::{BoxFuture, ShutdownTrigger};
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde::ser::Serializer;
 
-pub use config::{Auth, HttpsSettings, HttpsUplinkConfig};
+pub use config::{Auth, HttpsCommands, HttpsSettings, HttpsUplinkConfig};
 
 use super::{Delivery, Pending, SendError, Uplink};
+use crate::command::Inbox;
 use crate::payload;
 use crate::queue::Queued;
 
@@ -44,21 +49,51 @@ pub struct HttpsUplink {
     queue_id: String,
     /// Built at the first send, and again after a failure to build it.
     client: Option<reqwest::Client>,
+    /// Stops the command poller and responder when the uplink is dropped.
+    _stop: ShutdownTrigger,
 }
 
 impl HttpsUplink {
     /// The uplink for `settings`; connects at the first send.
     pub fn new(settings: HttpsSettings, gateway: String) -> Self {
+        Self::new_with_commands(settings, gateway, None)
+    }
+
+    /// [`HttpsUplink::new`], polling `commands_url` for commands into `inbox` (with the
+    /// uplink's id, for the audit) and posting their responses to `responses_url`, when the
+    /// settings have a `commands_url`. Must be called inside a tokio runtime then (the poller
+    /// starts at once); the poller stops when the uplink is dropped.
+    pub fn new_with_commands(
+        settings: HttpsSettings,
+        gateway: String,
+        inbox: Option<(String, Inbox)>,
+    ) -> Self {
         if settings.insecure_skip_verify {
             tracing::warn!(url = %settings.url, "insecure_skip_verify = true: the server's certificate is not checked; anyone on the path can read and alter readings");
         } else if !settings.tls() {
             tracing::warn!(url = %settings.url, "plain http:// uplink: readings cross the network unencrypted");
         }
+        let settings = Arc::new(settings);
+        let (stop, shutdown) = ShutdownTrigger::new();
+        let mut client = None;
+        if let (Some(_), Some((origin, inbox))) = (&settings.commands, inbox) {
+            // One client for deliveries, polls and responses: one connection pool. If it
+            // cannot be built now, each task builds its own later (and says why it cannot).
+            client = build_client(&settings).ok();
+            commands::start(
+                Arc::clone(&settings),
+                client.clone(),
+                origin,
+                inbox,
+                shutdown,
+            );
+        }
         HttpsUplink {
-            settings: Arc::new(settings),
+            settings,
             gateway,
             queue_id: String::new(),
-            client: None,
+            client,
+            _stop: stop,
         }
     }
 
@@ -93,13 +128,10 @@ impl HttpsUplink {
         {
             req = req.header(h, idempotency_key(&self.queue_id, first.seq, last.seq));
         }
-        req = match &s.auth {
-            Auth::None => req,
-            Auth::Bearer(t) => req.bearer_auth(t.expose()),
-            Auth::Basic { username, password } => req.basic_auth(username, Some(password.expose())),
-        };
+        req = authorize(req, &s.auth);
         let task = tokio::spawn(async move {
-            let response = req.send().await.map_err(|e| describe(e, &s))?;
+            let host = s.url.host_str().unwrap_or("?");
+            let response = req.send().await.map_err(|e| describe(e, host))?;
             let status = response.status();
             let retry_after = retry_after(response.headers(), SystemTime::now());
             let quote = if status.is_success() {
@@ -185,6 +217,15 @@ pub(crate) fn build_client(s: &HttpsSettings) -> Result<reqwest::Client, String>
     builder
         .build()
         .map_err(|e| format!("cannot set up the HTTP client: {}", chain(&e)))
+}
+
+/// Adds the configured credentials to a request.
+fn authorize(req: reqwest::RequestBuilder, auth: &Auth) -> reqwest::RequestBuilder {
+    match auth {
+        Auth::None => req,
+        Auth::Bearer(t) => req.bearer_auth(t.expose()),
+        Auth::Basic { username, password } => req.basic_auth(username, Some(password.expose())),
+    }
 }
 
 /// `<queue_id>:<first_seq>-<last_seq>`: the same batch sent again carries the same key.
@@ -314,10 +355,9 @@ async fn body_quote(mut response: reqwest::Response) -> String {
     line.trim().to_string()
 }
 
-/// A transport failure as a sentence: what failed, the causes, and a hint. Only the host is
-/// named: the url's path or query may hold a token.
-fn describe(e: reqwest::Error, s: &HttpsSettings) -> SendError {
-    let host = s.url.host_str().unwrap_or("?");
+/// A transport failure as a sentence: what failed, the causes, and a hint. Only the `host`
+/// is named: the url's path or query may hold a token.
+fn describe(e: reqwest::Error, host: &str) -> SendError {
     let e = e.without_url();
     let causes = chain(&e);
     let msg = if e.is_timeout() {
@@ -424,6 +464,7 @@ mod tests {
             seq,
             unsynced: false,
             only_for: None,
+            alert: None,
             reading: Reading::new(
                 "plc",
                 "pump-1",
@@ -478,3 +519,6 @@ mod tests {
         assert_eq!(out, text);
     }
 }
+
+#[cfg(test)]
+mod commands_tests;

@@ -82,6 +82,17 @@ pub struct MqttUplinkConfig {
     /// `"fieldgate/{gateway}/status"`.
     #[serde(default)]
     pub status_topic: Option<String>,
+    /// Alert events are published here, one JSON message each, instead of inside the
+    /// device's batch; `{gateway}`, `{adapter}` and `{device}` allowed. Default: in the batch.
+    #[serde(default)]
+    pub alert_topic: Option<String>,
+    /// Subscribe here for commands from the cloud (see docs/commands.md); `{gateway}` allowed.
+    /// Default: no commands.
+    #[serde(default)]
+    pub command_topic: Option<String>,
+    /// Where command responses are published. Default: `command_topic` + `/response`.
+    #[serde(default)]
+    pub response_topic: Option<String>,
     /// How long a connection attempt may take. Default `"10s"`.
     #[serde(
         default = "default_connect_timeout",
@@ -240,6 +251,10 @@ pub struct MqttSettings {
     pub inflight: u16,
     /// Status topic (filled in), if any.
     pub status_topic: Option<String>,
+    /// Topic template of alert events published on their own (`{gateway}` filled in).
+    pub alert_topic: Option<String>,
+    /// `(command topic, response topic)` when the uplink takes commands.
+    pub commands: Option<(String, String)>,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// PUBACK timeout.
@@ -553,6 +568,52 @@ impl MqttUplinkConfig {
                 );
             }
         }
+        let alert_topic = self.alert_topic.as_ref().map(|t| {
+            if let Err(e) = check_topic(t, MessageMode::Batch) {
+                bad("alert_topic", e);
+            }
+            t.replace("{gateway}", gateway)
+        });
+        let mut fixed = |key: &str, t: &str, wildcards: bool| {
+            let t = t.replace("{gateway}", gateway);
+            if t.is_empty()
+                || t.contains('{')
+                || (!wildcards && (t.contains('+') || t.contains('#')))
+            {
+                bad(
+                    key,
+                    format!(
+                        "`{t}` may only use {{gateway}}{}",
+                        if wildcards { "" } else { " and no wildcards" }
+                    ),
+                );
+            }
+            t
+        };
+        let commands = match (&self.command_topic, &self.response_topic) {
+            (Some(c), r) => {
+                let c = fixed("command_topic", c, false);
+                let r = match r {
+                    Some(r) => fixed("response_topic", r, false),
+                    None => format!("{c}/response"),
+                };
+                Some((c, r))
+            }
+            (None, Some(_)) => {
+                bad(
+                    "response_topic",
+                    "needs command_topic (the topic commands arrive on)".into(),
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        if commands.is_some() && matches!(self.preset, Preset::AzureIotHub | Preset::Thingsboard) {
+            bad(
+                "command_topic",
+                "takes the generic fieldgate command format; this preset's cloud sends its own (not supported yet)".into(),
+            );
+        }
         if tls && p.is_empty() {
             files.check(self.insecure_skip_verify, &mut p);
         }
@@ -583,6 +644,8 @@ impl MqttUplinkConfig {
             max_publish_rate,
             inflight: self.inflight,
             status_topic,
+            alert_topic,
+            commands,
             connect_timeout: self.connect_timeout,
             ack_timeout: self.ack_timeout,
             azure,

@@ -62,6 +62,34 @@ pub fn build(
 ) -> (Vec<Message>, Vec<(u64, String)>) {
     let mut messages = Vec::new();
     let mut rejected = Vec::new();
+    if let Some(alert_topic) = &s.alert_topic {
+        if batch.iter().any(|q| q.alert.is_some()) {
+            // Alerts on their own topic, one self-contained message each; the rest as usual.
+            for q in batch.iter().filter(|q| q.alert.is_some()) {
+                let topic = topic_for(alert_topic, q);
+                let mut payload = Vec::new();
+                payload::write_json(&mut payload, origin, q);
+                if payload.len() + topic.len() + PUBLISH_OVERHEAD > s.max_packet_size {
+                    rejected.push((q.seq, too_big(payload.len(), s.max_packet_size)));
+                    continue;
+                }
+                messages.push(Message {
+                    topic,
+                    payload,
+                    readings: 1,
+                });
+            }
+            let rest: Vec<Queued> = batch
+                .iter()
+                .filter(|q| q.alert.is_none())
+                .cloned()
+                .collect();
+            let (more, refused) = build(s, origin, &rest, historical);
+            messages.extend(more);
+            rejected.extend(refused);
+            return (messages, rejected);
+        }
+    }
     if s.mode == MessageMode::PerValue {
         for q in batch {
             let topic = topic_for(&s.topic, q);

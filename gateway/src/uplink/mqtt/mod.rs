@@ -37,6 +37,7 @@ pub use message::{build as build_messages, topic_for, Message};
 
 use super::{Delivery, Pending, SendError, Uplink};
 use crate::backoff::Backoff;
+use crate::command::Inbox;
 use message::RateLimiter;
 
 type Tracker = oneshot::Sender<Result<(), String>>;
@@ -86,15 +87,45 @@ pub struct MqttUplink {
 impl MqttUplink {
     /// Starts connecting in the background (must be called inside a tokio runtime).
     pub fn start(settings: MqttSettings, gateway: String) -> Self {
+        Self::start_with_commands(settings, gateway, None)
+    }
+
+    /// [`MqttUplink::start`], taking commands on `command_topic` into `inbox` (with the
+    /// uplink's id, for the audit) and publishing their responses on `response_topic`.
+    pub fn start_with_commands(
+        settings: MqttSettings,
+        gateway: String,
+        inbox: Option<(String, Inbox)>,
+    ) -> Self {
         let settings = Arc::new(settings);
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (state_tx, state) = watch::channel(LinkState::Down(None));
         let (stop, shutdown) = ShutdownTrigger::new();
+        let commands = match (&settings.commands, inbox) {
+            (Some((_, response_topic)), Some((origin, inbox))) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(crate::command::RESPONSE_CAPACITY);
+                tokio::spawn(responder(
+                    Arc::clone(&settings),
+                    Arc::clone(&shared),
+                    state.clone(),
+                    rx,
+                    response_topic.clone(),
+                    shutdown.clone(),
+                ));
+                Some(CommandLink {
+                    origin,
+                    inbox,
+                    responses: tx,
+                })
+            }
+            _ => None,
+        };
         tokio::spawn(connection(
             Arc::clone(&settings),
             Arc::clone(&shared),
             state_tx,
             shutdown,
+            commands,
         ));
         MqttUplink {
             limiter: settings.max_publish_rate.map(RateLimiter::new),
@@ -334,11 +365,67 @@ async fn connect(el: &mut EventLoop, timeout: Duration) -> Result<(), Option<Con
 }
 
 /// Connects, runs, and reconnects with backoff until `shutdown` fires.
+/// Where the commands an uplink receives go, and where their responses come back.
+#[derive(Debug)]
+struct CommandLink {
+    origin: String,
+    inbox: Inbox,
+    responses: tokio::sync::mpsc::Sender<Vec<u8>>,
+}
+
+/// Publishes command responses in order, at least once: each waits for a connection and its
+/// PUBACK, and is sent again if the connection drops first.
+async fn responder(
+    s: Arc<MqttSettings>,
+    shared: Arc<Mutex<Shared>>,
+    mut state: watch::Receiver<LinkState>,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    topic: String,
+    mut shutdown: Shutdown,
+) {
+    let mut next: Option<Vec<u8>> = None;
+    loop {
+        let body = match next.take() {
+            Some(b) => b,
+            None => tokio::select! {
+                () = shutdown.fired() => return,
+                b = rx.recv() => match b { Some(b) => b, None => return },
+            },
+        };
+        tokio::select! {
+            () = shutdown.fired() => return,
+            up = state.wait_for(|st| *st == LinkState::Up) => if up.is_err() { return },
+        }
+        let sent = match publish(
+            &shared,
+            topic.clone(),
+            QoS::AtLeastOnce,
+            false,
+            body.clone(),
+        )
+        .await
+        {
+            Ok(ack) => matches!(
+                tokio::time::timeout(s.ack_timeout, ack).await,
+                Ok(Ok(Ok(())))
+            ),
+            Err(_) => false,
+        };
+        if !sent {
+            next = Some(body);
+            if wait(&mut shutdown, Duration::from_secs(1)).await {
+                return;
+            }
+        }
+    }
+}
+
 async fn connection(
     s: Arc<MqttSettings>,
     shared: Arc<Mutex<Shared>>,
     state: watch::Sender<LinkState>,
     mut shutdown: Shutdown,
+    commands: Option<CommandLink>,
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
@@ -404,9 +491,25 @@ async fn connection(
             )
             .await;
         }
+        if let (Some((topic, _)), Some(_)) = (&s.commands, &commands) {
+            // Again at every connect: a clean session forgets subscriptions.
+            if let Err(e) = client.subscribe(topic.clone(), QoS::AtLeastOnce).await {
+                tracing::warn!(url = %s.url, topic = %topic, error = %e, "cannot subscribe to the command topic");
+            } else {
+                tracing::info!(topic = %topic, "taking commands");
+            }
+        }
         state.send_replace(LinkState::Up);
         let connected_at = tokio::time::Instant::now();
-        let lost = run(&mut el, &shared, &s, &mut shutdown, &client).await;
+        let lost = run(
+            &mut el,
+            &shared,
+            &s,
+            &mut shutdown,
+            &client,
+            commands.as_ref(),
+        )
+        .await;
         if let Ok(mut sh) = shared.lock() {
             sh.client = None;
             sh.fail_all(lost.as_deref().unwrap_or("shutting down"));
@@ -442,6 +545,7 @@ async fn run(
     s: &MqttSettings,
     shutdown: &mut Shutdown,
     client: &AsyncClient,
+    commands: Option<&CommandLink>,
 ) -> Option<String> {
     loop {
         tokio::select! {
@@ -481,6 +585,20 @@ async fn run(
                     if let Ok(mut sh) = shared.lock() {
                         if let Some(t) = sh.inflight.remove(&ack.pkid) {
                             let _ = t.send(Ok(()));
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let (Some(link), Some((topic, _))) = (commands, &s.commands) {
+                        if p.topic == *topic {
+                            let inbound = crate::command::Inbound {
+                                payload: p.payload.to_vec(),
+                                origin: link.origin.clone(),
+                                responses: link.responses.clone(),
+                            };
+                            if link.inbox.try_send(inbound).is_err() {
+                                tracing::warn!(topic = %topic, "command dropped: too many commands waiting");
+                            }
                         }
                     }
                 }

@@ -75,6 +75,7 @@ async fn pipeline(dir: &Path, values: Vec<Value>, uplink: MqttUplink) -> Running
         })
     };
     let parts = Parts {
+        commands: None,
         adapters: vec![("a".into(), factory)],
         uplinks: vec![(
             ForwarderOptions {

@@ -19,6 +19,7 @@ fn q(seq: u64, device: &str, point: &str, value: Value) -> Queued {
     Queued {
         unsynced: false,
         only_for: None,
+        alert: None,
         seq,
         reading: Reading::new(
             "plc",

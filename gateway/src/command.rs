@@ -1,0 +1,660 @@
+//! Commands from the cloud: the wire format, the router, and the responses.
+//!
+//! An uplink that takes commands (MQTT with `command_topic`, HTTPS with `commands_url`) hands
+//! every message it receives to the [`Inbox`] as an [`Inbound`], with a channel for the
+//! responses. The [`Router`] parses it ([`docs/commands.md`](../../docs/commands.md) is the
+//! protocol), refuses what it must (unparseable, duplicate id, expired, unknown adapter),
+//! records it in the [`AuditLog`], answers `accepted`, passes it to the adapter as a
+//! [`Command`] and answers again with `done` (and the value read back) or `failed` and why.
+//! The adapter checks what only it can: that the device and point exist, that the point is
+//! writable and the value within its range.
+//!
+//! Every command gets a deadline (its own `deadline` or `ttl`, else `[commands] default_ttl`):
+//! an adapter refuses a command it gets after its deadline, and the router answers `failed`
+//! ("expired") if the adapter has not finished by then.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use fieldgate_adapter::{Command, CommandAction, CommandError, CommandSender, Shutdown, Value};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::queue::{AuditLog, NewEntry};
+
+/// Command senders by adapter id; an adapter's entry is replaced when it restarts.
+pub type CommandRoutes = Arc<Mutex<HashMap<String, CommandSender>>>;
+
+/// One message received by an uplink on its command channel.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The message body (JSON).
+    pub payload: Vec<u8>,
+    /// The uplink's id, for the audit.
+    pub origin: String,
+    /// Where the responses go (JSON bodies), in order.
+    pub responses: mpsc::Sender<Vec<u8>>,
+}
+
+/// Where uplinks hand in the commands they receive.
+pub type Inbox = mpsc::Sender<Inbound>;
+
+/// Most commands waiting for the router; more are refused with "busy".
+pub const INBOX_CAPACITY: usize = 64;
+/// Most responses waiting for an uplink to send them.
+pub const RESPONSE_CAPACITY: usize = 256;
+/// Most commands running at once.
+const MAX_RUNNING: usize = 64;
+
+/// A command as it arrives (the wire format, version 1).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WireCommand {
+    /// The caller's id; echoed in every response and used to refuse duplicates.
+    pub id: String,
+    /// The adapter that owns the device (as in the readings' `adapter`).
+    pub adapter: String,
+    /// The device.
+    pub device: String,
+    /// `"write"` or `"send"`.
+    pub action: WireAction,
+    /// `write`: the point.
+    #[serde(default)]
+    pub point: Option<String>,
+    /// `write`: the value (a JSON boolean, number or string).
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
+    /// `send`: the protocol port (a LoRaWAN FPort).
+    #[serde(default)]
+    pub port: Option<u8>,
+    /// `send`: the bytes as hex.
+    #[serde(default)]
+    pub hex: Option<String>,
+    /// `send`: the bytes as base64.
+    #[serde(default)]
+    pub base64: Option<String>,
+    /// `send`: the bytes as text (a serial line; add its terminator, like `"\r\n"`).
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Do not execute after this time (RFC 3339, like `"2026-11-21T10:00:00Z"`).
+    #[serde(default)]
+    pub deadline: Option<String>,
+    /// Do not execute later than this after arrival (like `"30s"`).
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+/// What a command asks.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WireAction {
+    /// Write a value to a writable point.
+    Write,
+    /// Send bytes to a device.
+    Send,
+}
+
+/// A command's state in a response.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Valid, recorded and passed to the adapter.
+    Accepted,
+    /// The adapter did it.
+    Done,
+    /// Refused or failed; `reason` says why.
+    Failed,
+}
+
+/// A response, published on the response topic (or posted to the responses url).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Response {
+    /// The command's id (empty if the command had none that could be read).
+    pub id: String,
+    /// The gateway that answers.
+    pub gateway: String,
+    /// accepted, done or failed.
+    pub status: Status,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// After a write: the value read back from the device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+    /// When the response was made (RFC 3339).
+    pub ts: String,
+}
+
+/// A parsed, checked command ready for its adapter.
+#[derive(Debug)]
+struct Checked {
+    wire: WireCommand,
+    action: CommandAction,
+    /// Wall-clock deadline.
+    deadline: SystemTime,
+}
+
+/// Routes commands from the inbox to the adapters.
+#[derive(Debug, Clone)]
+pub struct Router {
+    /// Adapter command senders.
+    pub routes: CommandRoutes,
+    /// The audit table (none in tests that do not need one).
+    pub audit: Option<Arc<AuditLog>>,
+    /// Deadline of commands that give none.
+    pub default_ttl: Duration,
+    /// `[gateway] id`, echoed in responses.
+    pub gateway: String,
+}
+
+impl Router {
+    /// Takes commands from `inbox` until it closes or `shutdown` fires; commands still
+    /// running then are answered by their adapters or dropped (the audit shows them
+    /// `accepted`).
+    pub async fn run(self, mut inbox: mpsc::Receiver<Inbound>, mut shutdown: Shutdown) {
+        let running = Arc::new(tokio::sync::Semaphore::new(MAX_RUNNING));
+        loop {
+            let msg = tokio::select! {
+                () = shutdown.fired() => return,
+                m = inbox.recv() => match m { Some(m) => m, None => return },
+            };
+            let Ok(permit) = Arc::clone(&running).try_acquire_owned() else {
+                let id = peek_id(&msg.payload);
+                tracing::warn!(command = %id, "too many commands running; refused");
+                self.respond(
+                    &msg,
+                    &id,
+                    Err("busy: too many commands running".into()),
+                    None,
+                );
+                continue;
+            };
+            let router = self.clone();
+            tokio::spawn(async move {
+                router.handle(msg).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Handles one message to the end (all its responses sent).
+    pub async fn handle(&self, msg: Inbound) {
+        let received = SystemTime::now();
+        let checked = match parse(&msg.payload, received, self.default_ttl) {
+            Ok(c) => c,
+            Err((id, why)) => {
+                tracing::warn!(origin = %msg.origin, command = %id, error = %why, "command refused");
+                self.audit_refusal(&msg, &id, None, "invalid", &why, received)
+                    .await;
+                self.respond(&msg, &id, Err(why), None);
+                return;
+            }
+        };
+        let id = checked.wire.id.clone();
+        let detail = describe(&checked.action);
+        let action_name = match checked.wire.action {
+            WireAction::Write => "write",
+            WireAction::Send => "send",
+        };
+        // A command delivered twice (MQTT at-least-once, a poll that saw it again) runs once.
+        if let Some(audit) = &self.audit {
+            let (a, cid) = (Arc::clone(audit), id.clone());
+            if let Ok(Ok(Some(first))) = tokio::task::spawn_blocking(move || a.find(&cid)).await {
+                let why = format!(
+                    "duplicate command id: already received (status {})",
+                    first.status
+                );
+                tracing::warn!(origin = %msg.origin, command = %id, "duplicate command refused");
+                self.respond(&msg, &id, Err(why), None);
+                return;
+            }
+        }
+        if received >= checked.deadline {
+            let why = CommandError::Expired.to_string();
+            self.audit_refusal(&msg, &id, Some(&checked), action_name, &why, received)
+                .await;
+            self.respond(&msg, &id, Err(why), None);
+            return;
+        }
+        let route = self
+            .routes
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&checked.wire.adapter).cloned());
+        let Some(route) = route else {
+            let mut known: Vec<String> = self
+                .routes
+                .lock()
+                .map(|r| r.keys().cloned().collect())
+                .unwrap_or_default();
+            known.sort();
+            let why = format!(
+                "unknown target: no running adapter `{}` (known: {})",
+                checked.wire.adapter,
+                known.join(", ")
+            );
+            self.audit_refusal(&msg, &id, Some(&checked), action_name, &why, received)
+                .await;
+            self.respond(&msg, &id, Err(why), None);
+            return;
+        };
+        let entry = self
+            .audit_record(&msg, &id, Some(&checked), action_name, &detail, received)
+            .await;
+        tracing::info!(origin = %msg.origin, command = %id, adapter = %checked.wire.adapter, device = %checked.wire.device, action = %detail, "command accepted");
+        self.respond(&msg, &id, Ok(false), None);
+
+        let left = checked
+            .deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let deadline = std::time::Instant::now() + left;
+        let (cmd, reply) = Command::new(
+            id.clone(),
+            checked.wire.device.as_str(),
+            checked.action,
+            Some(deadline),
+        );
+        let outcome = tokio::time::timeout(left, async move {
+            route
+                .send(cmd)
+                .await
+                .map_err(|_| CommandError::Device("the adapter is restarting".into()))?;
+            reply
+                .await
+                .map_err(|_| CommandError::Device("the adapter stopped before answering".into()))?
+        })
+        .await
+        .unwrap_or(Err(CommandError::Expired));
+        let (result, value) = match outcome {
+            Ok(v) => (Ok(v.as_ref().map(value_text)), v.as_ref().map(json_value)),
+            Err(e) => (Err(e.to_string()), None),
+        };
+        match &result {
+            Ok(_) => {
+                tracing::info!(command = %id, "command done");
+            }
+            Err(why) => tracing::warn!(command = %id, error = %why, "command failed"),
+        }
+        if let (Some(audit), Some(entry)) = (&self.audit, entry) {
+            let (a, r) = (Arc::clone(audit), result.clone());
+            let done =
+                tokio::task::spawn_blocking(move || a.finish(entry, r, SystemTime::now())).await;
+            if !matches!(done, Ok(Ok(()))) {
+                tracing::error!(command = %id, "cannot record the command's outcome in the audit table");
+            }
+        }
+        self.respond(&msg, &id, result.map(|_| true), value);
+    }
+
+    async fn audit_record(
+        &self,
+        msg: &Inbound,
+        id: &str,
+        checked: Option<&Checked>,
+        action: &str,
+        detail: &str,
+        at: SystemTime,
+    ) -> Option<i64> {
+        let audit = Arc::clone(self.audit.as_ref()?);
+        let (cid, origin, detail, action) = (
+            id.to_string(),
+            msg.origin.clone(),
+            detail.to_string(),
+            action.to_string(),
+        );
+        let (adapter, device) = checked.map_or((String::new(), String::new()), |c| {
+            (c.wire.adapter.clone(), c.wire.device.clone())
+        });
+        let r = tokio::task::spawn_blocking(move || {
+            audit.record(
+                &NewEntry {
+                    command_id: &cid,
+                    origin: &origin,
+                    adapter: &adapter,
+                    device: &device,
+                    action: &action,
+                    detail: &detail,
+                },
+                at,
+            )
+        })
+        .await;
+        match r {
+            Ok(Ok(id)) => Some(id),
+            _ => {
+                tracing::error!(command = %id, "cannot record the command in the audit table");
+                None
+            }
+        }
+    }
+
+    async fn audit_refusal(
+        &self,
+        msg: &Inbound,
+        id: &str,
+        checked: Option<&Checked>,
+        action: &str,
+        why: &str,
+        at: SystemTime,
+    ) {
+        let detail = match checked {
+            Some(c) => describe(&c.action),
+            None => {
+                String::from_utf8_lossy(&msg.payload[..msg.payload.len().min(200)]).into_owned()
+            }
+        };
+        if let (Some(entry), Some(audit)) = (
+            self.audit_record(msg, id, checked, action, &detail, at)
+                .await,
+            &self.audit,
+        ) {
+            let (a, why) = (Arc::clone(audit), why.to_string());
+            let _ = tokio::task::spawn_blocking(move || a.finish(entry, Err(why), at)).await;
+        }
+    }
+
+    /// Answers: `Ok(false)` accepted, `Ok(true)` done, `Err` failed and why.
+    fn respond(
+        &self,
+        msg: &Inbound,
+        id: &str,
+        outcome: Result<bool, String>,
+        value: Option<serde_json::Value>,
+    ) {
+        let (status, reason) = match outcome {
+            Ok(true) => (Status::Done, None),
+            Ok(false) => (Status::Accepted, None),
+            Err(why) => (Status::Failed, Some(why)),
+        };
+        let response = Response {
+            id: id.to_string(),
+            gateway: self.gateway.clone(),
+            status,
+            reason,
+            value,
+            ts: crate::payload::rfc3339(SystemTime::now()),
+        };
+        send_response(msg, &response);
+    }
+}
+
+/// Queues `response` for the uplink the command came through.
+fn send_response(msg: &Inbound, response: &Response) {
+    let body = match serde_json::to_vec(response) {
+        Ok(b) => b,
+        Err(_) => return, // plain strings and numbers: cannot fail
+    };
+    if msg.responses.try_send(body).is_err() {
+        tracing::warn!(origin = %msg.origin, command = %response.id, "response dropped: the uplink has too many unsent responses");
+    }
+}
+
+/// The command's id if the payload has one, for responses to what cannot be parsed.
+fn peek_id(payload: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Id {
+        id: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Id>(payload) {
+        Ok(Id {
+            id: Some(serde_json::Value::String(s)),
+        }) => s,
+        Ok(Id { id: Some(v) }) => v.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Parses and checks a command; on error, the id (if readable) and why.
+fn parse(
+    payload: &[u8],
+    received: SystemTime,
+    default_ttl: Duration,
+) -> Result<Checked, (String, String)> {
+    let wire: WireCommand = serde_json::from_slice(payload)
+        .map_err(|e| (peek_id(payload), format!("bad command: {e}")))?;
+    let id = wire.id.clone();
+    let fail = |why: String| (id.clone(), why);
+    if wire.id.is_empty() || wire.id.len() > 128 {
+        return Err(fail("bad command: `id` must be 1 to 128 characters".into()));
+    }
+    let deadline = match (&wire.deadline, &wire.ttl) {
+        (Some(_), Some(_)) => {
+            return Err(fail(
+                "bad command: give `deadline` or `ttl`, not both".into(),
+            ))
+        }
+        (Some(d), None) => humantime::parse_rfc3339_weak(d)
+            .map_err(|e| fail(format!("bad command: `deadline` {d:?}: {e}")))?,
+        (None, Some(t)) => {
+            received
+                + humantime::parse_duration(t)
+                    .map_err(|e| fail(format!("bad command: `ttl` {t:?}: {e}")))?
+        }
+        (None, None) => received + default_ttl,
+    };
+    let action = match wire.action {
+        WireAction::Write => {
+            if wire.port.is_some()
+                || wire.hex.is_some()
+                || wire.base64.is_some()
+                || wire.text.is_some()
+            {
+                return Err(fail(
+                    "bad command: `write` takes `point` and `value` (port, hex, base64 and text belong to `send`)".into(),
+                ));
+            }
+            let point = wire
+                .point
+                .clone()
+                .ok_or_else(|| fail("bad command: `write` needs `point`".into()))?;
+            let value = match &wire.value {
+                Some(serde_json::Value::Bool(b)) => Value::Bool(*b),
+                Some(serde_json::Value::Number(n)) => match n.as_i64() {
+                    Some(i) => Value::I64(i),
+                    None => Value::F64(n.as_f64().unwrap_or(f64::NAN)),
+                },
+                Some(serde_json::Value::String(s)) => Value::Text(s.clone()),
+                Some(_) => {
+                    return Err(fail(
+                        "invalid value: `value` must be a boolean, a number or a string".into(),
+                    ))
+                }
+                None => return Err(fail("bad command: `write` needs `value`".into())),
+            };
+            CommandAction::Write {
+                point: point.as_str().into(),
+                value,
+            }
+        }
+        WireAction::Send => {
+            if wire.point.is_some() || wire.value.is_some() {
+                return Err(fail(
+                    "bad command: `send` takes `hex`, `base64` or `text` (point and value belong to `write`)".into(),
+                ));
+            }
+            let payload = match (&wire.hex, &wire.base64, &wire.text) {
+                (Some(h), None, None) => decode_hex(h)
+                    .ok_or_else(|| fail(format!("invalid value: `hex` {h:?} is not hex")))?,
+                (None, Some(b), None) => fieldgate_lorawan::semtech::base64_decode(b)
+                    .ok_or_else(|| fail("invalid value: `base64` is not base64".into()))?,
+                (None, None, Some(t)) => t.as_bytes().to_vec(),
+                _ => {
+                    return Err(fail(
+                        "bad command: `send` needs exactly one of `hex`, `base64`, `text`".into(),
+                    ))
+                }
+            };
+            CommandAction::Send {
+                port: wire.port,
+                payload,
+            }
+        }
+    };
+    Ok(Checked {
+        wire,
+        action,
+        deadline,
+    })
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// The command as one line of text, for logs and the audit.
+fn describe(action: &CommandAction) -> String {
+    match action {
+        CommandAction::Write { point, value } => format!("{point} = {}", value_text(value)),
+        CommandAction::Send { port, payload } => {
+            let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+            match port {
+                Some(p) => format!("port {p}: {hex}"),
+                None => hex,
+            }
+        }
+    }
+}
+
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::Bool(b) => b.to_string(),
+        Value::I64(i) => i.to_string(),
+        Value::F64(f) => f.to_string(),
+        Value::Text(t) => format!("{t:?}"),
+        Value::Bytes(b) => b.iter().map(|b| format!("{b:02x}")).collect(),
+    }
+}
+
+fn json_value(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Bool(b) => serde_json::Value::Bool(*b),
+        Value::I64(i) => serde_json::Value::from(*i),
+        Value::F64(f) => serde_json::Number::from_f64(*f)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        Value::Text(t) => serde_json::Value::String(t.clone()),
+        Value::Bytes(b) => {
+            serde_json::Value::String(b.iter().map(|b| format!("{b:02x}")).collect())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_refused(body: &str, want_id: &str, want: &str) {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        match parse(body.as_bytes(), t, Duration::from_secs(60)) {
+            Ok(c) => panic!("{body} was accepted: {c:?}"),
+            Err((id, why)) => {
+                assert_eq!(id, want_id, "{body}");
+                assert!(why.contains(want), "{body}: {why} does not say {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn parses_writes_and_sends() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let c = parse(
+            br#"{"id":"c1","adapter":"tanks","device":"tank-1","action":"write","point":"pump_running","value":true}"#,
+            t,
+            Duration::from_secs(60),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.action,
+            CommandAction::Write {
+                point: "pump_running".into(),
+                value: Value::Bool(true)
+            }
+        );
+        assert_eq!(c.deadline, t + Duration::from_secs(60));
+        let c = parse(
+            br#"{"id":"c2","adapter":"poles","device":"pole-1","action":"send","port":10,"hex":"01 ff","ttl":"5s"}"#,
+            t,
+            Duration::from_secs(60),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.action,
+            CommandAction::Send {
+                port: Some(10),
+                payload: vec![1, 0xff]
+            }
+        );
+        assert_eq!(c.deadline, t + Duration::from_secs(5));
+        let c = parse(
+            br#"{"id":"c3","adapter":"wx","device":"station","action":"send","text":"RESET\r\n","deadline":"2027-01-15T08:00:00Z"}"#,
+            t,
+            Duration::from_secs(60),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.deadline,
+            humantime::parse_rfc3339("2027-01-15T08:00:00Z").expect("time")
+        );
+        let c = parse(
+            br#"{"id":"c4","adapter":"a","device":"d","action":"write","point":"sp","value":2.5}"#,
+            t,
+            Duration::from_secs(60),
+        )
+        .expect("valid");
+        assert!(matches!(c.action, CommandAction::Write { value: Value::F64(v), .. } if v == 2.5));
+    }
+
+    #[test]
+    fn refusals_say_why_and_keep_the_id() {
+        check_refused("not json", "", "bad command");
+        check_refused(r#"{"id":"x"}"#, "x", "missing field");
+        check_refused(
+            r#"{"id":"x","adapter":"a","device":"d","action":"write","point":"p","value":1,"colour":"red"}"#,
+            "x",
+            "unknown field `colour`",
+        );
+        check_refused(
+            r#"{"id":"x","adapter":"a","device":"d","action":"reboot"}"#,
+            "x",
+            "unknown variant `reboot`",
+        );
+        check_refused(
+            r#"{"id":"x","adapter":"a","device":"d","action":"write","value":1}"#,
+            "x",
+            "needs `point`",
+        );
+        check_refused(
+            r#"{"id":"x","adapter":"a","device":"d","action":"write","point":"p","value":[1]}"#,
+            "x",
+            "must be a boolean, a number or a string",
+        );
+        check_refused(
+            r#"{"id":"x","adapter":"a","device":"d","action":"send","hex":"0g"}"#,
+            "x",
+            "is not hex",
+        );
+        check_refused(
+            r#"{"id":"x","adapter":"a","device":"d","action":"send","hex":"00","text":"a"}"#,
+            "x",
+            "exactly one of",
+        );
+        check_refused(
+            r#"{"id":"x","adapter":"a","device":"d","action":"send","hex":"00","ttl":"soon"}"#,
+            "x",
+            "`ttl`",
+        );
+        check_refused(
+            r#"{"id":"","adapter":"a","device":"d","action":"send","hex":"00"}"#,
+            "",
+            "1 to 128",
+        );
+    }
+}
