@@ -126,6 +126,14 @@ pub struct Response {
     pub ts: String,
 }
 
+/// Whether a command's id is new.
+enum Claim {
+    /// New, recorded as the given audit entry (none without an audit table).
+    New(Option<i64>),
+    /// Seen before; the first one's status.
+    Duplicate(String),
+}
+
 /// A parsed, checked command ready for its adapter.
 #[derive(Debug)]
 struct Checked {
@@ -197,24 +205,30 @@ impl Router {
             WireAction::Write => "write",
             WireAction::Send => "send",
         };
-        // A command delivered twice (MQTT at-least-once, a poll that saw it again) runs once.
-        if let Some(audit) = &self.audit {
-            let (a, cid) = (Arc::clone(audit), id.clone());
-            if let Ok(Ok(Some(first))) = tokio::task::spawn_blocking(move || a.find(&cid)).await {
-                let why = format!(
-                    "duplicate command id: already received (status {})",
-                    first.status
-                );
+        // A command delivered twice (MQTT at-least-once, a poll that saw it again) runs once:
+        // the id is looked up and recorded under one lock, so a copy right behind the
+        // original cannot slip between the two.
+        let entry = match self
+            .audit_claim(&msg, &id, &checked, action_name, &detail, received)
+            .await
+        {
+            Claim::Duplicate(status) => {
+                let why = format!("duplicate command id: already received (status {status})");
                 tracing::warn!(origin = %msg.origin, command = %id, "duplicate command refused");
                 self.respond(&msg, &id, Err(why), None);
                 return;
             }
-        }
+            Claim::New(entry) => entry,
+        };
+        let refuse = |why: String| {
+            let (id, msg) = (&id, &msg);
+            async move {
+                self.audit_finish(id, entry, Err(why.clone())).await;
+                self.respond(msg, id, Err(why), None);
+            }
+        };
         if received >= checked.deadline {
-            let why = CommandError::Expired.to_string();
-            self.audit_refusal(&msg, &id, Some(&checked), action_name, &why, received)
-                .await;
-            self.respond(&msg, &id, Err(why), None);
+            refuse(CommandError::Expired.to_string()).await;
             return;
         }
         let route = self
@@ -229,19 +243,14 @@ impl Router {
                 .map(|r| r.keys().cloned().collect())
                 .unwrap_or_default();
             known.sort();
-            let why = format!(
+            refuse(format!(
                 "unknown target: no running adapter `{}` (known: {})",
                 checked.wire.adapter,
                 known.join(", ")
-            );
-            self.audit_refusal(&msg, &id, Some(&checked), action_name, &why, received)
-                .await;
-            self.respond(&msg, &id, Err(why), None);
+            ))
+            .await;
             return;
         };
-        let entry = self
-            .audit_record(&msg, &id, Some(&checked), action_name, &detail, received)
-            .await;
         tracing::info!(origin = %msg.origin, command = %id, adapter = %checked.wire.adapter, device = %checked.wire.device, action = %detail, "command accepted");
         self.respond(&msg, &id, Ok(false), None);
 
@@ -277,15 +286,72 @@ impl Router {
             }
             Err(why) => tracing::warn!(command = %id, error = %why, "command failed"),
         }
-        if let (Some(audit), Some(entry)) = (&self.audit, entry) {
-            let (a, r) = (Arc::clone(audit), result.clone());
-            let done =
-                tokio::task::spawn_blocking(move || a.finish(entry, r, SystemTime::now())).await;
-            if !matches!(done, Ok(Ok(()))) {
-                tracing::error!(command = %id, "cannot record the command's outcome in the audit table");
+        self.audit_finish(&id, entry, result.clone()).await;
+        self.respond(&msg, &id, result.map(|_| true), value);
+    }
+
+    /// Records a command in the audit unless its id was seen before.
+    async fn audit_claim(
+        &self,
+        msg: &Inbound,
+        id: &str,
+        checked: &Checked,
+        action: &str,
+        detail: &str,
+        at: SystemTime,
+    ) -> Claim {
+        let Some(audit) = self.audit.as_ref().map(Arc::clone) else {
+            return Claim::New(None);
+        };
+        let (cid, origin, detail, action) = (
+            id.to_string(),
+            msg.origin.clone(),
+            detail.to_string(),
+            action.to_string(),
+        );
+        let (adapter, device) = (checked.wire.adapter.clone(), checked.wire.device.clone());
+        let r = tokio::task::spawn_blocking(move || {
+            audit.claim(
+                &NewEntry {
+                    command_id: &cid,
+                    origin: &origin,
+                    adapter: &adapter,
+                    device: &device,
+                    action: &action,
+                    detail: &detail,
+                },
+                at,
+            )
+        })
+        .await;
+        match r {
+            Ok(Ok(Ok(entry))) => Claim::New(Some(entry)),
+            Ok(Ok(Err(first))) => Claim::Duplicate(first.status),
+            _ => {
+                // Not recorded: the command still runs (the operator asked for it), and the
+                // failure is logged as the only record.
+                tracing::error!(command = %id, "cannot record the command in the audit table");
+                Claim::New(None)
             }
         }
-        self.respond(&msg, &id, result.map(|_| true), value);
+    }
+
+    /// Records how an audited command ended.
+    async fn audit_finish(
+        &self,
+        id: &str,
+        entry: Option<i64>,
+        result: Result<Option<String>, String>,
+    ) {
+        let (Some(audit), Some(entry)) = (&self.audit, entry) else {
+            return;
+        };
+        let a = Arc::clone(audit);
+        let done =
+            tokio::task::spawn_blocking(move || a.finish(entry, result, SystemTime::now())).await;
+        if !matches!(done, Ok(Ok(()))) {
+            tracing::error!(command = %id, "cannot record the command's outcome in the audit table");
+        }
     }
 
     async fn audit_record(

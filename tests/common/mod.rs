@@ -192,3 +192,33 @@ pub fn queue_stats(cfg: &Path) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).expect("stats JSON")
 }
+
+/// A free UDP port on 127.0.0.1 (bound, read, released).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port")
+}
+
+/// `fieldgate queue audit -c cfg --json`: the audit table, newest first.
+pub fn audit(cfg: &Path) -> Vec<serde_json::Value> {
+    let out = run(&[
+        "queue",
+        "audit",
+        "-c",
+        cfg.to_str().expect("utf-8"),
+        "--json",
+        "-n",
+        "1000",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each audit line is JSON"))
+        .collect()
+}

@@ -224,3 +224,58 @@ impl Drop for Subscriber {
         }
     }
 }
+
+/// A client that publishes at QoS 1, in order, on one connection (the cloud sending commands).
+pub struct Publisher {
+    client: rumqttc::Client,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Publisher {
+    /// Connects to the broker at `port` as `client_id` and returns once the broker accepted.
+    pub fn start(port: u16, client_id: &str) -> Publisher {
+        let mut opts = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(5));
+        let (client, mut connection) = rumqttc::Client::new(opts, 100);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        let _ = ready_tx.send(());
+                    }
+                    Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("publisher connected");
+        Publisher {
+            client,
+            thread: Some(thread),
+        }
+    }
+
+    /// Publishes `payload` on `topic` (QoS 1, not retained).
+    pub fn publish(&self, topic: &str, payload: &str) {
+        self.client
+            .publish(
+                topic,
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                payload.as_bytes().to_vec(),
+            )
+            .expect("publish queued");
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

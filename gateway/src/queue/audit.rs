@@ -109,25 +109,28 @@ impl AuditLog {
 
     /// Records a command as it arrives (status `accepted`). Returns the entry's id.
     pub fn record(&self, e: &NewEntry<'_>, at: SystemTime) -> Result<i64, QueueError> {
+        insert(&self.conn(), e, at)
+    }
+
+    /// Records a command as it arrives, unless one with the same command id is already
+    /// recorded: then that one is returned instead. The lookup and the insert hold the
+    /// connection's lock together, so two copies of one command cannot both be new.
+    pub fn claim(
+        &self,
+        e: &NewEntry<'_>,
+        at: SystemTime,
+    ) -> Result<Result<i64, AuditEntry>, QueueError> {
         let conn = self.conn();
-        conn.prepare_cached(
-            "INSERT INTO audit (command_id, origin, received_ms, adapter, device, action, detail, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'accepted')",
-        )?
-        .execute(params![
-            e.command_id,
-            e.origin,
-            millis(at),
-            e.adapter,
-            e.device,
-            e.action,
-            e.detail
-        ])?;
-        let id = conn.last_insert_rowid();
-        if id % 1000 == 0 {
-            conn.execute("DELETE FROM audit WHERE id <= ?1", [id - AUDIT_CAP])?;
+        if let Some(first) = conn
+            .prepare_cached(&format!(
+                "{SELECT} WHERE command_id = ?1 ORDER BY id LIMIT 1"
+            ))?
+            .query_row([e.command_id], entry)
+            .optional()?
+        {
+            return Ok(Err(first));
         }
-        Ok(id)
+        insert(&conn, e, at).map(Ok)
     }
 
     /// Records how entry `id` ended: `done` (with the value read back) or `failed` (with why).
@@ -180,6 +183,28 @@ pub fn read_audit(path: &Path, limit: usize) -> Result<Vec<AuditEntry>, QueueErr
         return Ok(Vec::new());
     }
     recent(&conn, limit)
+}
+
+/// Inserts a new entry (status `accepted`), trimming the table to [`AUDIT_CAP`].
+fn insert(conn: &Connection, e: &NewEntry<'_>, at: SystemTime) -> Result<i64, QueueError> {
+    conn.prepare_cached(
+        "INSERT INTO audit (command_id, origin, received_ms, adapter, device, action, detail, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'accepted')",
+        )?
+        .execute(params![
+            e.command_id,
+            e.origin,
+            millis(at),
+            e.adapter,
+            e.device,
+            e.action,
+            e.detail
+        ])?;
+    let id = conn.last_insert_rowid();
+    if id % 1000 == 0 {
+        conn.execute("DELETE FROM audit WHERE id <= ?1", [id - AUDIT_CAP])?;
+    }
+    Ok(id)
 }
 
 const SELECT: &str = "SELECT id, command_id, origin, received_ms, adapter, device, action, detail, status, reason, result, finished_ms FROM audit";

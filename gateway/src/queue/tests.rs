@@ -212,6 +212,69 @@ fn drop_newest_refuses_batches_and_keeps_the_oldest() {
     );
 }
 
+fn alert(rule: &str) -> Alert {
+    Alert {
+        rule: rule.into(),
+        state: AlertState::Raised,
+        level: AlertLevel::Low,
+        threshold: 1.5,
+        severity: Severity::Critical,
+    }
+}
+
+#[test]
+fn alerts_are_stored_with_their_reading_peeked_first_and_deleted_with_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut q = open(dir.path(), QueueOptions::default(), &["up"]);
+    q.append(&[reading("a", Value::I64(1)), reading("b", Value::I64(2))])
+        .expect("append");
+    let batch = [reading("p", Value::F64(1.2)), reading("c", Value::I64(3))];
+    let out = q
+        .append_alerts(&batch, &[(0, alert("pipe-burst"))], None, SystemTime::now())
+        .expect("append");
+    assert_eq!(out.seqs, Some((3, 4)));
+    let all = q.peek(0, 10).expect("peek");
+    assert_eq!(all.iter().filter(|x| x.alert.is_some()).count(), 1);
+    assert_eq!(all[2].alert, Some(alert("pipe-burst")), "seq 3 carries it");
+    let alerts = q.peek_alerts(0, 10).expect("alerts");
+    assert_eq!(seqs(&alerts), vec![3]);
+    assert_eq!(alerts[0].reading.value, Value::F64(1.2));
+    assert!(q.peek_alerts(3, 10).expect("alerts").is_empty());
+    q.ack("up", 4, 4).expect("ack");
+    assert!(
+        q.peek_alerts(0, 10).expect("alerts").is_empty(),
+        "deleted with its reading"
+    );
+}
+
+#[test]
+fn a_full_drop_newest_queue_still_takes_alerts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = QueueOptions {
+        max_bytes: Some(256 * 1024),
+        when_full: WhenFull::DropNewest,
+        ..QueueOptions::default()
+    };
+    let mut q = open(dir.path(), opts, &["up"]);
+    fill(&mut q, 200, 100);
+    let before = q.stats().expect("stats");
+    assert!(before.dropped_newest > 0, "full");
+    let batch = [
+        reading("p", Value::I64(1)),
+        reading("low", Value::F64(0.4)),
+        reading("q", Value::I64(2)),
+    ];
+    let out = q
+        .append_alerts(&batch, &[(1, alert("pipe-burst"))], None, SystemTime::now())
+        .expect("append");
+    assert_eq!(out.dropped_newest, 2, "the plain readings are refused");
+    let (first, last) = out.seqs.expect("the alert got a sequence id");
+    assert_eq!(first, last);
+    let got = q.peek(first - 1, 1).expect("peek");
+    assert_eq!(got[0].reading.point.as_str(), "low");
+    assert_eq!(got[0].alert, Some(alert("pipe-burst")));
+}
+
 #[test]
 fn block_refuses_until_an_uplink_makes_room() {
     let dir = tempfile::tempdir().expect("tempdir");

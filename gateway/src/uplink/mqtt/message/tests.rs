@@ -198,3 +198,89 @@ async fn the_rate_limiter_spaces_publishes() {
         "{took:?}"
     );
 }
+
+fn raised(mut item: Queued) -> Queued {
+    item.alert = Some(crate::queue::Alert {
+        rule: "tank-high".into(),
+        state: crate::queue::AlertState::Raised,
+        level: crate::queue::AlertLevel::High,
+        threshold: 3.5,
+        severity: crate::queue::Severity::Critical,
+    });
+    item
+}
+
+#[test]
+fn alerts_ride_in_the_batch_or_on_their_own_topic() {
+    let batch = [
+        q(1, "tank-1", "level", Value::F64(3.2)),
+        raised(q(2, "tank-1", "level", Value::F64(3.6))),
+    ];
+    let (msgs, _) = build(&settings(""), GW, &batch, false);
+    assert_eq!(msgs.len(), 1, "without alert_topic, in the device's batch");
+    assert_eq!(
+        json(&msgs[0])["readings"][1]["alert"],
+        serde_json::json!({"rule": "tank-high", "state": "raised", "level": "high", "threshold": 3.5, "severity": "critical"})
+    );
+    assert!(json(&msgs[0])["readings"][0].get("alert").is_none());
+
+    let s = settings("alert_topic = \"site/{gateway}/alerts/{device}\"");
+    let (msgs, rejected) = build(&s, GW, &batch, false);
+    assert!(rejected.is_empty());
+    assert_eq!(
+        msgs.iter().map(|m| m.topic.as_str()).collect::<Vec<_>>(),
+        ["site/gw/alerts/tank-1", "fieldgate/gw/plc/tank-1"]
+    );
+    let alert = json(&msgs[0]);
+    assert_eq!(alert["seq"], 2);
+    assert_eq!(alert["device"], "tank-1");
+    assert_eq!(alert["queue_id"], "00c0ffee00c0ffee");
+    assert_eq!(alert["alert"]["state"], "raised");
+    let rest = json(&msgs[1]);
+    assert_eq!(
+        rest["readings"].as_array().map(Vec::len),
+        Some(1),
+        "the alert is not sent twice"
+    );
+}
+
+#[test]
+fn command_topics_are_resolved_and_checked() {
+    let s = settings("command_topic = \"site/{gateway}/cmd\"");
+    assert_eq!(
+        s.commands,
+        Some((
+            "site/gw/cmd".to_string(),
+            "site/gw/cmd/response".to_string()
+        ))
+    );
+    let s = settings("command_topic = \"a\"\nresponse_topic = \"b/{gateway}\"");
+    assert_eq!(s.commands, Some(("a".to_string(), "b/gw".to_string())));
+    for (extra, key, says) in [
+        (
+            "response_topic = \"r\"",
+            "response_topic",
+            "needs command_topic",
+        ),
+        (
+            "command_topic = \"site/+/cmd\"",
+            "command_topic",
+            "no wildcards",
+        ),
+        (
+            "command_topic = \"site/{device}\"",
+            "command_topic",
+            "may only use {gateway}",
+        ),
+    ] {
+        let raw = MqttUplinkConfig::from_toml(&format!("url = \"mqtt://localhost\"\n{extra}"))
+            .expect("parses");
+        let problems = raw.settings("gw", Path::new("."), &[]).expect_err(extra);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key == key && p.message.contains(says)),
+            "{extra}: {problems:?}"
+        );
+    }
+}
