@@ -231,6 +231,39 @@ fn water_tank_demo_reads_three_modbus_tanks_over_rtu() {
     assert!(stdout.contains(" readings committed, 0 lost."), "{stdout}");
 }
 
+/// The water-tank demo plays a control room: a command round trip through the broker to a
+/// Modbus coil, three refusals with their reasons, and the pump it started raising and then
+/// clearing the `tank-high` alert of config/water-tank.toml (held 5 s above 3.5 m, cleared
+/// below 3.3 m), printed from the alert topic.
+#[test]
+fn water_tank_demo_shows_commands_and_an_alert_raised_and_cleared() {
+    let out = fieldgate()
+        .args(["demo", "--site", "water-tank", "--duration", "50s"])
+        .output()
+        .expect("demo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "[command <-] demo-1 accepted",
+        "[command <-] demo-1 done (read back true)",
+        "[command <-] demo-2 failed: not supported: point `level` of device `tank-1` is not writable",
+        "[command <-] demo-3 failed: invalid value: 5.5 is out of range for point `high_level_setpoint` of device `tank-1` (allowed 1 to 4)",
+        "[command <-] demo-4 failed: expired before it could be executed",
+        "[ALERT] tank-high RAISED (critical): tanks/tank-3/level = ",
+        "[ALERT] tank-high CLEARED (critical): tanks/tank-3/level = ",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
+    }
+    let raised = stdout.find("tank-high RAISED").expect("raised");
+    let cleared = stdout.find("tank-high CLEARED").expect("cleared");
+    assert!(raised < cleared, "{stdout}");
+    assert!(!stdout.contains("demo-2 done"), "{stdout}");
+}
+
 /// `config/weather-station.toml`, unchanged but for its port and broker, against a simulated
 /// NMEA weather station on a pseudo-terminal: every field of every sentence becomes a point
 /// in its own unit and arrives through the broker.
