@@ -16,6 +16,12 @@ fn config(dir: &Path, queue: &str) -> Config {
     } else {
         queue
     };
+    config_with(dir, queue, "")
+}
+
+/// A site with `queue` settings, a placeholder adapter and uplink (tests plug in their own
+/// parts), and `extra` top-level sections (`[[rules]]`, `[[alerts]]`).
+fn config_with(dir: &Path, queue: &str, extra: &str) -> Config {
     let text = format!(
         r#"
 [gateway]
@@ -35,6 +41,7 @@ interval = "1s"
 [[uplinks]]
 id = "unused"
 type = "console"
+{extra}
 "#,
         dir.display()
     );
@@ -669,35 +676,11 @@ async fn readings_from_before_a_clock_sync_are_delivered_with_corrected_times() 
 
 /// A site whose `[[alerts]]` raise `hot` when `boiler/temp` goes above 50.
 fn alert_config(dir: &Path) -> Config {
-    let text = format!(
-        r#"
-[gateway]
-id = "test"
-data_dir = "{}"
-[queue]
-flush_interval = "5ms"
-[[adapters]]
-id = "unused"
-type = "simulator"
-[[adapters.devices]]
-id = "d"
-[[adapters.devices.points]]
-name = "p"
-waveform = "counter"
-interval = "1s"
-[[uplinks]]
-id = "unused"
-type = "console"
-[[alerts]]
-name = "hot"
-device = "boiler"
-point = "temp"
-high = 50.0
-severity = "critical"
-"#,
-        dir.display()
-    );
-    Config::from_toml(&dir.join("site.toml"), &text, &[]).expect("valid test config")
+    config_with(
+        dir,
+        "flush_interval = \"5ms\"",
+        "[[alerts]]\nname = \"hot\"\ndevice = \"boiler\"\npoint = \"temp\"\nhigh = 50.0\nseverity = \"critical\"",
+    )
 }
 
 /// Sends one boiler reading of `temp`, then waits for shutdown.
@@ -816,38 +799,18 @@ impl crate::clock::Clock for TokioClock {
 #[tokio::test(start_paused = true)]
 async fn rules_run_through_the_writer_on_paused_time() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = format!(
-        r#"
-[gateway]
-id = "test"
-data_dir = "{}"
-[queue]
-flush_interval = "10ms"
-[[adapters]]
-id = "unused"
-type = "simulator"
-[[adapters.devices]]
-id = "d"
-[[adapters.devices.points]]
-name = "p"
-waveform = "counter"
-interval = "1s"
-[[uplinks]]
-id = "unused"
-type = "console"
+    let rules = r#"
 [[rules]]
 device = "meter"
 point = "flow"
-aggregate = {{ window = "1m", functions = ["min", "max", "mean", "count"] }}
+aggregate = { window = "1m", functions = ["min", "max", "mean", "count"] }
 [[rules]]
 device = "tank"
 point = "level"
 deadband = 0.5
 heartbeat = "5m"
-"#,
-        dir.path().display()
-    );
-    let cfg = Config::from_toml(&dir.path().join("site.toml"), &text, &[]).expect("valid");
+"#;
+    let cfg = config_with(dir.path(), "flush_interval = \"10ms\"", rules);
     // A whole minute, so the one-minute windows start at `base`.
     let base = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let clock = Arc::new(TokioClock {
