@@ -46,6 +46,12 @@ pub const INBOX_CAPACITY: usize = 64;
 pub const RESPONSE_CAPACITY: usize = 256;
 /// Most commands running at once.
 const MAX_RUNNING: usize = 64;
+/// The furthest deadline a command may have (a meter that uplinks once a day gets its
+/// downlink within a week).
+pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long past its deadline the router still waits for an adapter that took a command,
+/// so that what it reports is what happened (a write in progress at the deadline finishes).
+const ANSWER_GRACE: Duration = Duration::from_secs(30);
 
 /// A command as it arrives (the wire format, version 1).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -132,6 +138,8 @@ enum Claim {
     New(Option<i64>),
     /// Seen before; the first one's status.
     Duplicate(String),
+    /// The audit table could not record it.
+    Unrecorded,
 }
 
 /// A parsed, checked command ready for its adapter.
@@ -219,6 +227,15 @@ impl Router {
                 return;
             }
             Claim::New(entry) => entry,
+            Claim::Unrecorded => {
+                self.respond(
+                    &msg,
+                    &id,
+                    Err("device error: the audit table cannot be written; not executed".into()),
+                    None,
+                );
+                return;
+            }
         };
         let refuse = |why: String| {
             let (id, msg) = (&id, &msg);
@@ -265,7 +282,7 @@ impl Router {
             checked.action,
             Some(deadline),
         );
-        let outcome = tokio::time::timeout(left, async move {
+        let outcome = tokio::time::timeout(left + ANSWER_GRACE, async move {
             route
                 .send(cmd)
                 .await
@@ -275,7 +292,11 @@ impl Router {
                 .map_err(|_| CommandError::Device("the adapter stopped before answering".into()))?
         })
         .await
-        .unwrap_or(Err(CommandError::Expired));
+        .unwrap_or_else(|_| {
+            Err(CommandError::Device(
+                "no answer from the adapter by the deadline; the command may or may not have been executed".into(),
+            ))
+        });
         let (result, value) = match outcome {
             Ok(v) => (Ok(v.as_ref().map(value_text)), v.as_ref().map(json_value)),
             Err(e) => (Err(e.to_string()), None),
@@ -328,10 +349,9 @@ impl Router {
             Ok(Ok(Ok(entry))) => Claim::New(Some(entry)),
             Ok(Ok(Err(first))) => Claim::Duplicate(first.status),
             _ => {
-                // Not recorded: the command still runs (the operator asked for it), and the
-                // failure is logged as the only record.
-                tracing::error!(command = %id, "cannot record the command in the audit table");
-                Claim::New(None)
+                // Nothing runs unrecorded (and without the record, duplicates cannot be told).
+                tracing::error!(command = %id, "cannot record the command in the audit table; refused");
+                Claim::Unrecorded
             }
         }
     }
@@ -494,12 +514,24 @@ fn parse(
         (Some(d), None) => humantime::parse_rfc3339_weak(d)
             .map_err(|e| fail(format!("bad command: `deadline` {d:?}: {e}")))?,
         (None, Some(t)) => {
-            received
-                + humantime::parse_duration(t)
-                    .map_err(|e| fail(format!("bad command: `ttl` {t:?}: {e}")))?
+            let ttl = humantime::parse_duration(t)
+                .map_err(|e| fail(format!("bad command: `ttl` {t:?}: {e}")))?;
+            if ttl > MAX_TTL {
+                return Err(fail(format!(
+                    "invalid value: `ttl` {t:?} is longer than {}",
+                    humantime::format_duration(MAX_TTL)
+                )));
+            }
+            received + ttl
         }
         (None, None) => received + default_ttl,
     };
+    if deadline.duration_since(received).unwrap_or_default() > MAX_TTL {
+        return Err(fail(format!(
+            "invalid value: `deadline` is more than {} away",
+            humantime::format_duration(MAX_TTL)
+        )));
+    }
     let action = match wire.action {
         WireAction::Write => {
             if wire.port.is_some()
@@ -716,6 +748,17 @@ mod tests {
             r#"{"id":"x","adapter":"a","device":"d","action":"send","hex":"00","ttl":"soon"}"#,
             "x",
             "`ttl`",
+        );
+        // Regression: a ttl past what SystemTime can hold panicked the command's task.
+        check_refused(
+            r#"{"id":"x","adapter":"a","device":"d","action":"send","hex":"00","ttl":"300000000000y"}"#,
+            "x",
+            "longer than 7days",
+        );
+        check_refused(
+            r#"{"id":"x","adapter":"a","device":"d","action":"send","hex":"00","deadline":"2099-01-01T00:00:00Z"}"#,
+            "x",
+            "more than 7days away",
         );
         check_refused(
             r#"{"id":"","adapter":"a","device":"d","action":"send","hex":"00"}"#,

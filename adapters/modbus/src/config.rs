@@ -701,6 +701,12 @@ impl PointConfig {
                 "limits what commands may write; it needs `writable = true`".into(),
             ));
         }
+        if (self.min.is_some() || self.max.is_some()) && data_type == DataType::String {
+            return Err((
+                if self.min.is_some() { "min" } else { "max" },
+                "limits numbers; a string point has no range".into(),
+            ));
+        }
         if let (Some(lo), Some(hi)) = (self.min, self.max) {
             if lo > hi || lo.is_nan() || hi.is_nan() {
                 return Err(("max", format!("{hi} is below min ({lo})")));

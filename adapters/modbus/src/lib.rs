@@ -561,7 +561,7 @@ impl Modbus {
                 dev.id
             )));
         }
-        if let Some(v) = value.as_f64() {
+        if let Some(v) = value.as_f64().filter(|v| v.is_finite()) {
             let (lo, hi) = (
                 p.min.unwrap_or(f64::NEG_INFINITY),
                 p.max.unwrap_or(f64::INFINITY),
@@ -598,6 +598,10 @@ impl Modbus {
         conn.ensure(&self.config, &self.stats, now)
             .await
             .map_err(CommandError::Device)?;
+        // Connecting may have taken a while: never write after the deadline.
+        if cmd.is_expired(std::time::Instant::now()) {
+            return Err(CommandError::Expired);
+        }
         conn.write(unit, at.offset, &write, &self.stats)
             .await
             .map_err(|f| conn.command_failed(f, &ctx.id))?;

@@ -23,7 +23,9 @@ impl Filter {
         if q.only_for.as_deref().is_some_and(|only| only != uplink) {
             return false;
         }
-        if self.alerts_only && q.alert.is_none() {
+        // A requeued dead letter for this uplink is sent whatever it is: it was carried once
+        // (requeue keeps the reading, not its alert row).
+        if self.alerts_only && q.alert.is_none() && q.only_for.is_none() {
             return false;
         }
         let r = &q.reading;

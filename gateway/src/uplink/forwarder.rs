@@ -194,25 +194,27 @@ impl Forwarder {
         &mut self,
         newest: u64,
     ) -> Result<Option<(u64, Vec<Queued>)>, crate::queue::QueueError> {
-        if newest <= self.alerts_seen {
-            return Ok(None);
+        // Page on while whole pages are alerts already taken or not carried, so none waits
+        // behind a stream batch.
+        let mut batch: Vec<Queued> = Vec::new();
+        while batch.is_empty() && newest > self.alerts_seen {
+            let found = self
+                .queue
+                .peek_alerts(self.alerts_seen, self.opts.batch_size)
+                .await?;
+            // Looked through `newest` (or further: an alert committed since is sent too),
+            // unless the page was full.
+            self.alerts_seen = match found.last() {
+                Some(q) if found.len() >= self.opts.batch_size => q.seq,
+                Some(q) => q.seq.max(newest),
+                None => newest,
+            };
+            batch = found
+                .into_iter()
+                .filter(|q| !self.streamed(q.seq) && !self.alerts_taken.contains(&q.seq))
+                .filter(|q| self.opts.filter.carries(&self.opts.id, q))
+                .collect();
         }
-        let found = self
-            .queue
-            .peek_alerts(self.alerts_seen, self.opts.batch_size)
-            .await?;
-        // Looked through `newest` (or further: an alert committed since is sent too), unless
-        // the batch was full.
-        self.alerts_seen = match found.last() {
-            Some(q) if found.len() >= self.opts.batch_size => q.seq,
-            Some(q) => q.seq.max(newest),
-            None => newest,
-        };
-        let batch: Vec<Queued> = found
-            .into_iter()
-            .filter(|q| !self.streamed(q.seq) && !self.alerts_taken.contains(&q.seq))
-            .filter(|q| self.opts.filter.carries(&self.opts.id, q))
-            .collect();
         let Some(last) = batch.last().map(|q| q.seq) else {
             return Ok(None);
         };

@@ -94,8 +94,11 @@ pub fn build(
         for q in batch {
             let topic = topic_for(&s.topic, q);
             let payload = match s.value_format {
-                ValueFormat::Plain => payload::plain_value(&q.reading.value).into_bytes(),
-                ValueFormat::Json => {
+                // An alert needs its `alert` object: it goes as JSON whatever value_format says.
+                ValueFormat::Plain if q.alert.is_none() => {
+                    payload::plain_value(&q.reading.value).into_bytes()
+                }
+                ValueFormat::Plain | ValueFormat::Json => {
                     let mut out = Vec::new();
                     payload::write_batch_item(&mut out, q);
                     out

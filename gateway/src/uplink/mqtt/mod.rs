@@ -243,29 +243,39 @@ async fn publish(
     payload: Vec<u8>,
 ) -> Result<oneshot::Receiver<Result<(), String>>, String> {
     let (tx, rx) = oneshot::channel();
-    let (client, id) = {
-        let mut sh = shared
-            .lock()
-            .map_err(|_| "MQTT state poisoned".to_string())?;
-        let client = sh
-            .client
-            .clone()
-            .ok_or_else(|| "connection lost".to_string())?;
-        sh.next_id += 1;
-        let id = sh.next_id;
-        // The tracker goes in before the request: the connection task pops trackers in the
-        // order rumqttc writes requests, and this lock orders pushes with client swaps.
-        sh.pending.push_back((id, tx));
-        (client, id)
-    };
-    if let Err(e) = client.publish(topic, qos, retain, payload).await {
-        // The request never reached rumqttc: take the tracker back out of the FIFO.
-        if let Ok(mut sh) = shared.lock() {
-            sh.pending.retain(|(i, _)| *i != id);
+    let mut tx = Some(tx);
+    loop {
+        {
+            let mut sh = shared
+                .lock()
+                .map_err(|_| "MQTT state poisoned".to_string())?;
+            let client = sh
+                .client
+                .clone()
+                .ok_or_else(|| "connection lost".to_string())?;
+            sh.next_id += 1;
+            let id = sh.next_id;
+            // The tracker goes in and the request enters rumqttc's channel under one lock:
+            // the connection task pops trackers in the order rumqttc writes requests, so two
+            // publishers (the forwarder and the command responder) must not interleave
+            // between the two steps. A full channel is waited out below, not with the lock.
+            let Some(t) = tx.take() else {
+                return Err("tracker lost".into());
+            };
+            sh.pending.push_back((id, t));
+            match client.try_publish(topic.clone(), qos, retain, payload.clone()) {
+                Ok(()) => return Ok(rx),
+                Err(rumqttc::ClientError::TryRequest(_)) => {
+                    tx = sh.pending.pop_back().map(|(_, t)| t);
+                }
+                Err(e) => {
+                    sh.pending.pop_back();
+                    return Err(format!("cannot publish: {e}"));
+                }
+            }
         }
-        return Err(format!("cannot publish: {e}"));
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    Ok(rx)
 }
 
 fn options(s: &MqttSettings) -> Result<MqttOptions, String> {
@@ -590,7 +600,10 @@ async fn run(
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if let (Some(link), Some((topic, _))) = (commands, &s.commands) {
-                        if p.topic == *topic {
+                        if p.topic == *topic && p.retain {
+                            // A retained command would run again at every reconnect.
+                            tracing::warn!(topic = %topic, "retained message on the command topic ignored; publish commands without the retain flag (and clear it on the broker)");
+                        } else if p.topic == *topic {
                             let inbound = crate::command::Inbound {
                                 payload: p.payload.to_vec(),
                                 origin: link.origin.clone(),

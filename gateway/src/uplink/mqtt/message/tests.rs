@@ -242,6 +242,11 @@ fn alerts_ride_in_the_batch_or_on_their_own_topic() {
         Some(1),
         "the alert is not sent twice"
     );
+    // Per-value mode with plain values still sends an alert with its alert object.
+    let s = settings("mode = \"per_value\"\ntopic = \"v/{device}/{point}\"");
+    let (values, _) = build(&s, GW, &batch, false);
+    assert_eq!(values[0].payload, b"3.2");
+    assert_eq!(json(&values[1])["alert"]["rule"], "tank-high");
 }
 
 #[test]
