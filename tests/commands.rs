@@ -502,53 +502,6 @@ fn a_command_delivered_twice_back_to_back_runs_once() {
     stop(gw);
 }
 
-/// AES-128 of one block, its first five bytes: ring's QUIC header-protection mask is exactly
-/// that, and five bytes of key stream open the short downlinks sent here.
-fn aes_5(key: &[u8; 16], block: &[u8; 16]) -> [u8; 5] {
-    use ring::aead::quic::{HeaderProtectionKey, AES_128};
-    HeaderProtectionKey::new(&AES_128, key)
-        .and_then(|k| k.new_mask(block))
-        .expect("AES")
-}
-
-/// Opens the FRMPayload (at most five bytes) of a data frame, LoRaWAN 1.0.x §4.3.3: the bytes
-/// XOR AES(AppSKey, A1), A1 = 01 | 00×4 | dir | DevAddr LE | FCnt LE | 00 | 01.
-fn open_payload(
-    app_skey: &[u8; 16],
-    downlink: bool,
-    dev_addr: u32,
-    fcnt: u32,
-    enc: &[u8],
-) -> Vec<u8> {
-    assert!(enc.len() <= 5, "{} bytes need more key stream", enc.len());
-    let mut a = [0u8; 16];
-    a[0] = 0x01;
-    a[5] = u8::from(downlink);
-    a[6..10].copy_from_slice(&dev_addr.to_le_bytes());
-    a[10..14].copy_from_slice(&fcnt.to_le_bytes());
-    a[15] = 0x01;
-    enc.iter()
-        .zip(aes_5(app_skey, &a))
-        .map(|(b, k)| b ^ k)
-        .collect()
-}
-
-#[test]
-fn open_payload_opens_a_sim_device_uplink() {
-    // The check of the check: the same key stream (direction 0) opens what the lorawan
-    // crate's creator sealed for a simulated device.
-    let mut dev = fieldgate_lorawan::sim::pole_device(1);
-    dev.fcnt = 7;
-    let phy = dev.uplink(3, &[0xDE, 0xAD, 0x01], false);
-    // MHDR, DevAddr, FCtrl, FCnt (2), FPort, 3 bytes, MIC.
-    assert_eq!(phy.len(), 1 + 4 + 1 + 2 + 1 + 3 + 4);
-    assert_eq!(phy[8], 3);
-    assert_eq!(
-        open_payload(&dev.app_skey, false, dev.dev_addr, 7, &phy[9..12]),
-        [0xDE, 0xAD, 0x01]
-    );
-}
-
 const POLE_EUI: u64 = 0xAA55_5A00_0000_0101;
 
 #[test]
@@ -587,7 +540,8 @@ codec = "cayenne"
     wait_for("PULL_ACK", 10, || rt.block_on(fwd.pull()));
     cloud.wait_ready("poles");
     let mut pole = pole_device(1);
-    let (app_skey, dev_addr) = (pole.app_skey, pole.dev_addr);
+    // Its radio: opens what the gateway sends it (DevAddr, MIC, decryption).
+    let radio = pole.clone();
     let mut t = 0u64;
 
     // Uplinks until one carries the downlink away (the command reaches the adapter a
@@ -627,8 +581,8 @@ codec = "cayenne"
         &[0x60, 0x01, 0x1F, 0x01, 0x26, 0x00, 0, 0, 10]
     );
     assert_eq!(
-        open_payload(&app_skey, true, dev_addr, 0, &rx.phy[9..11]),
-        [0x01, 0x64]
+        radio.open_downlink(&rx.phy),
+        Some((0, Some(10), vec![0x01, 0x64]))
     );
     // Not done before the gateway confirmed the transmission.
     check(&cloud.responses_to("dl-1"), &["accepted"], None);
@@ -649,8 +603,8 @@ codec = "cayenne"
         "FCtrl 0, FCnt 1, FPort 11"
     );
     assert_eq!(
-        open_payload(&app_skey, true, dev_addr, 1, &rx.phy[9..10]),
-        [0xAB]
+        radio.open_downlink(&rx.phy),
+        Some((1, Some(11), vec![0xAB]))
     );
     rt.block_on(fwd.tx_ack(rx.token, Some("TOO_LATE")))
         .expect("TX_ACK");

@@ -11,7 +11,8 @@ use std::time::Duration;
 use fieldgate_adapter::Shutdown;
 use lorawan_encoding::creator::{DataPayloadCreator, JoinRequestCreator};
 use lorawan_encoding::default_crypto::DefaultFactory;
-use lorawan_encoding::keys::{AppKey, AppSKey, NewSKey};
+use lorawan_encoding::keys::{AppKey, AppSKey, NewSKey, AES128};
+use lorawan_encoding::parser::{parse, DataHeader, DataPayload, FRMPayload, PhyPayload};
 use serde_json::json;
 use tokio::net::UdpSocket;
 
@@ -36,6 +37,31 @@ impl SimDevice {
         let frame = self.frame(fport, payload, confirmed, &[]);
         self.fcnt = self.fcnt.wrapping_add(1);
         frame
+    }
+
+    /// Opens a downlink meant for this device, as the device would: `(FCnt, FPort, payload)`
+    /// if `phy` is a data frame to its DevAddr whose MIC checks with its NwkSKey and whose
+    /// payload decrypts (FPort 0 with the NwkSKey, others with the AppSKey); `None` otherwise.
+    pub fn open_downlink(&self, phy: &[u8]) -> Option<(u16, Option<u8>, Vec<u8>)> {
+        let Ok(PhyPayload::Data(DataPayload::Encrypted(enc))) = parse(phy.to_vec()) else {
+            return None;
+        };
+        if enc.is_uplink() || enc.fhdr().dev_addr().as_ref() != self.dev_addr.to_le_bytes() {
+            return None;
+        }
+        let fcnt = enc.fhdr().fcnt();
+        let (nwk, app) = (AES128(self.nwk_skey), AES128(self.app_skey));
+        if !enc.validate_mic(&nwk, u32::from(fcnt)) {
+            return None;
+        }
+        let port = enc.f_port();
+        let dec = enc.decrypt(Some(&nwk), Some(&app), u32::from(fcnt)).ok()?;
+        let payload = match dec.frm_payload() {
+            FRMPayload::Data(p) => p.to_vec(),
+            FRMPayload::None => Vec::new(),
+            FRMPayload::MACCommands(m) => m.data().to_vec(),
+        };
+        Some((fcnt, port, payload))
     }
 
     /// An uplink with counter `self.fcnt` and MAC commands `fopts` in FOpts, without

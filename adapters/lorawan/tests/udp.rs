@@ -16,10 +16,8 @@ use fieldgate_adapter::{
 use fieldgate_lorawan::semtech::{self, base64_encode};
 use fieldgate_lorawan::sim::{join_request, pole_device, smart_pole_payload, Forwarder, SimDevice};
 use fieldgate_lorawan::{Lorawan, LorawanConfig, LorawanStats};
-use lorawan_encoding::keys::{AppKey, AES128};
-use lorawan_encoding::parser::{
-    parse, DataHeader, DataPayload, DevNonce, FRMPayload, JoinAcceptPayload, PhyPayload,
-};
+use lorawan_encoding::keys::AppKey;
+use lorawan_encoding::parser::{parse, DevNonce, JoinAcceptPayload, PhyPayload};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
@@ -417,28 +415,12 @@ async fn otaa_join_round_trip_over_udp() {
     gw.stop().await;
 }
 
-/// Decrypts a downlink of pole 1 with the crate and returns (FCnt, FPort, payload).
+/// Opens a downlink of pole 1 (DevAddr 26011f01, MIC with its NwkSKey, decrypted by the
+/// crate) and returns (FCnt, FPort, payload).
 fn open_downlink(phy: &[u8]) -> (u16, Option<u8>, Vec<u8>) {
-    let pole = pole_device(1);
-    let Ok(PhyPayload::Data(DataPayload::Encrypted(enc))) = parse(phy.to_vec()) else {
-        panic!("not a data frame: {phy:02x?}");
-    };
-    let fcnt = enc.fhdr().fcnt();
-    let a = enc.fhdr().dev_addr();
-    assert_eq!(a.as_ref(), &[0x01, 0x1F, 0x01, 0x26], "DevAddr 26011f01");
-    let nwk = AES128(pole.nwk_skey);
-    let app = AES128(pole.app_skey);
-    assert!(enc.validate_mic(&nwk, u32::from(fcnt)), "MIC with NwkSKey");
-    let port = enc.f_port();
-    let dec = enc
-        .decrypt(Some(&nwk), Some(&app), u32::from(fcnt))
-        .expect("decrypts");
-    let payload = match dec.frm_payload() {
-        FRMPayload::Data(p) => p.to_vec(),
-        FRMPayload::None => Vec::new(),
-        FRMPayload::MACCommands(_) => panic!("MAC commands in a command downlink"),
-    };
-    (fcnt, port, payload)
+    pole_device(1)
+        .open_downlink(phy)
+        .unwrap_or_else(|| panic!("not a downlink pole 1 can open: {phy:02x?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
