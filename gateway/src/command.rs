@@ -21,7 +21,7 @@ use fieldgate_adapter::{Command, CommandAction, CommandError, CommandSender, Shu
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::queue::{AuditLog, NewEntry};
+use crate::queue::{AuditLog, NewEntry, QueueError};
 
 /// Command senders by adapter id; an adapter's entry is replaced when it restarts.
 pub type CommandRoutes = Arc<Mutex<HashMap<String, CommandSender>>>;
@@ -201,8 +201,7 @@ impl Router {
             Ok(c) => c,
             Err((id, why)) => {
                 tracing::warn!(origin = %msg.origin, command = %id, error = %why, "command refused");
-                self.audit_refusal(&msg, &id, None, "invalid", &why, received)
-                    .await;
+                self.audit_invalid(&msg, &id, &why, received).await;
                 self.respond(&msg, &id, Err(why), None);
                 return;
             }
@@ -298,7 +297,12 @@ impl Router {
             ))
         });
         let (result, value) = match outcome {
-            Ok(v) => (Ok(v.as_ref().map(value_text)), v.as_ref().map(json_value)),
+            Ok(v) => (
+                Ok(v.as_ref().map(Value::to_string)),
+                // As in the readings' JSON (payload.md): bytes as base64, non-finite as null.
+                v.as_ref()
+                    .and_then(|v| serde_json::to_value(crate::payload::JsonValue(v)).ok()),
+            ),
             Err(e) => (Err(e.to_string()), None),
         };
         match &result {
@@ -311,6 +315,42 @@ impl Router {
         self.respond(&msg, &id, result.map(|_| true), value);
     }
 
+    /// Runs `f` with this command's audit entry (`target` is its adapter and device) on the
+    /// blocking pool. `Ok(None)` without an audit table, `Err(())` if it failed.
+    async fn audit_entry<T: Send + 'static>(
+        &self,
+        msg: &Inbound,
+        id: &str,
+        target: (&str, &str),
+        action: &str,
+        detail: &str,
+        f: impl FnOnce(&AuditLog, &NewEntry<'_>) -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<Option<T>, ()> {
+        let Some(audit) = self.audit.as_ref().map(Arc::clone) else {
+            return Ok(None);
+        };
+        let owned = [id, &msg.origin, target.0, target.1, action, detail].map(str::to_string);
+        let r = tokio::task::spawn_blocking(move || {
+            let [command_id, origin, adapter, device, action, detail] = &owned;
+            f(
+                &audit,
+                &NewEntry {
+                    command_id,
+                    origin,
+                    adapter,
+                    device,
+                    action,
+                    detail,
+                },
+            )
+        })
+        .await;
+        match r {
+            Ok(Ok(t)) => Ok(Some(t)),
+            _ => Err(()),
+        }
+    }
+
     /// Records a command in the audit unless its id was seen before.
     async fn audit_claim(
         &self,
@@ -321,34 +361,15 @@ impl Router {
         detail: &str,
         at: SystemTime,
     ) -> Claim {
-        let Some(audit) = self.audit.as_ref().map(Arc::clone) else {
-            return Claim::New(None);
-        };
-        let (cid, origin, detail, action) = (
-            id.to_string(),
-            msg.origin.clone(),
-            detail.to_string(),
-            action.to_string(),
-        );
-        let (adapter, device) = (checked.wire.adapter.clone(), checked.wire.device.clone());
-        let r = tokio::task::spawn_blocking(move || {
-            audit.claim(
-                &NewEntry {
-                    command_id: &cid,
-                    origin: &origin,
-                    adapter: &adapter,
-                    device: &device,
-                    action: &action,
-                    detail: &detail,
-                },
-                at,
-            )
-        })
-        .await;
-        match r {
-            Ok(Ok(Ok(entry))) => Claim::New(Some(entry)),
-            Ok(Ok(Err(first))) => Claim::Duplicate(first.status),
-            _ => {
+        let target = (checked.wire.adapter.as_str(), checked.wire.device.as_str());
+        match self
+            .audit_entry(msg, id, target, action, detail, move |a, e| a.claim(e, at))
+            .await
+        {
+            Ok(None) => Claim::New(None),
+            Ok(Some(Ok(entry))) => Claim::New(Some(entry)),
+            Ok(Some(Err(first))) => Claim::Duplicate(first.status),
+            Err(()) => {
                 // Nothing runs unrecorded (and without the record, duplicates cannot be told).
                 tracing::error!(command = %id, "cannot record the command in the audit table; refused");
                 Claim::Unrecorded
@@ -374,70 +395,19 @@ impl Router {
         }
     }
 
-    async fn audit_record(
-        &self,
-        msg: &Inbound,
-        id: &str,
-        checked: Option<&Checked>,
-        action: &str,
-        detail: &str,
-        at: SystemTime,
-    ) -> Option<i64> {
-        let audit = Arc::clone(self.audit.as_ref()?);
-        let (cid, origin, detail, action) = (
-            id.to_string(),
-            msg.origin.clone(),
-            detail.to_string(),
-            action.to_string(),
-        );
-        let (adapter, device) = checked.map_or((String::new(), String::new()), |c| {
-            (c.wire.adapter.clone(), c.wire.device.clone())
-        });
-        let r = tokio::task::spawn_blocking(move || {
-            audit.record(
-                &NewEntry {
-                    command_id: &cid,
-                    origin: &origin,
-                    adapter: &adapter,
-                    device: &device,
-                    action: &action,
-                    detail: &detail,
-                },
-                at,
-            )
-        })
-        .await;
-        match r {
-            Ok(Ok(id)) => Some(id),
-            _ => {
+    /// Records a command that could not be parsed, with the start of its payload.
+    async fn audit_invalid(&self, msg: &Inbound, id: &str, why: &str, at: SystemTime) {
+        let detail = String::from_utf8_lossy(&msg.payload[..msg.payload.len().min(200)]);
+        match self
+            .audit_entry(msg, id, ("", ""), "invalid", &detail, move |a, e| {
+                a.record(e, at)
+            })
+            .await
+        {
+            Ok(entry) => self.audit_finish(id, entry, Err(why.to_string())).await,
+            Err(()) => {
                 tracing::error!(command = %id, "cannot record the command in the audit table");
-                None
             }
-        }
-    }
-
-    async fn audit_refusal(
-        &self,
-        msg: &Inbound,
-        id: &str,
-        checked: Option<&Checked>,
-        action: &str,
-        why: &str,
-        at: SystemTime,
-    ) {
-        let detail = match checked {
-            Some(c) => describe(&c.action),
-            None => {
-                String::from_utf8_lossy(&msg.payload[..msg.payload.len().min(200)]).into_owned()
-            }
-        };
-        if let (Some(entry), Some(audit)) = (
-            self.audit_record(msg, id, checked, action, &detail, at)
-                .await,
-            &self.audit,
-        ) {
-            let (a, why) = (Arc::clone(audit), why.to_string());
-            let _ = tokio::task::spawn_blocking(move || a.finish(entry, Err(why), at)).await;
         }
     }
 
@@ -611,36 +581,13 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 /// The command as one line of text, for logs and the audit.
 fn describe(action: &CommandAction) -> String {
     match action {
-        CommandAction::Write { point, value } => format!("{point} = {}", value_text(value)),
+        CommandAction::Write { point, value } => format!("{point} = {value}"),
         CommandAction::Send { port, payload } => {
-            let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+            let hex = fieldgate_lorawan::network::to_hex(payload);
             match port {
                 Some(p) => format!("port {p}: {hex}"),
                 None => hex,
             }
-        }
-    }
-}
-
-fn value_text(v: &Value) -> String {
-    match v {
-        Value::Bool(b) => b.to_string(),
-        Value::I64(i) => i.to_string(),
-        Value::F64(f) => f.to_string(),
-        Value::Text(t) => format!("{t:?}"),
-        Value::Bytes(b) => b.iter().map(|b| format!("{b:02x}")).collect(),
-    }
-}
-
-fn json_value(v: &Value) -> serde_json::Value {
-    match v {
-        Value::Bool(b) => serde_json::Value::Bool(*b),
-        Value::I64(i) => serde_json::Value::from(*i),
-        Value::F64(f) => serde_json::Number::from_f64(*f)
-            .map_or(serde_json::Value::Null, serde_json::Value::Number),
-        Value::Text(t) => serde_json::Value::String(t.clone()),
-        Value::Bytes(b) => {
-            serde_json::Value::String(b.iter().map(|b| format!("{b:02x}")).collect())
         }
     }
 }

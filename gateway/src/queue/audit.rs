@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use super::QueueError;
+use super::{millis, QueueError};
 
 /// Most audit entries kept; older ones are deleted.
 pub const AUDIT_CAP: i64 = 100_000;
@@ -121,16 +121,10 @@ impl AuditLog {
         at: SystemTime,
     ) -> Result<Result<i64, AuditEntry>, QueueError> {
         let conn = self.conn();
-        if let Some(first) = conn
-            .prepare_cached(&format!(
-                "{SELECT} WHERE command_id = ?1 ORDER BY id LIMIT 1"
-            ))?
-            .query_row([e.command_id], entry)
-            .optional()?
-        {
-            return Ok(Err(first));
+        match first(&conn, e.command_id)? {
+            Some(seen) => Ok(Err(seen)),
+            None => insert(&conn, e, at).map(Ok),
         }
-        insert(&conn, e, at).map(Ok)
     }
 
     /// Records how entry `id` ended: `done` (with the value read back) or `failed` (with why).
@@ -154,13 +148,7 @@ impl AuditLog {
 
     /// The first entry with this command id, if any (to refuse a command delivered twice).
     pub fn find(&self, command_id: &str) -> Result<Option<AuditEntry>, QueueError> {
-        Ok(self
-            .conn()
-            .prepare_cached(&format!(
-                "{SELECT} WHERE command_id = ?1 ORDER BY id LIMIT 1"
-            ))?
-            .query_row([command_id], entry)
-            .optional()?)
+        first(&self.conn(), command_id)
     }
 
     /// The newest `limit` entries, newest first.
@@ -207,6 +195,16 @@ fn insert(conn: &Connection, e: &NewEntry<'_>, at: SystemTime) -> Result<i64, Qu
     Ok(id)
 }
 
+/// The first entry with `command_id`, if any.
+fn first(conn: &Connection, command_id: &str) -> Result<Option<AuditEntry>, QueueError> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "{SELECT} WHERE command_id = ?1 ORDER BY id LIMIT 1"
+        ))?
+        .query_row([command_id], entry)
+        .optional()?)
+}
+
 const SELECT: &str = "SELECT id, command_id, origin, received_ms, adapter, device, action, detail, status, reason, result, finished_ms FROM audit";
 
 fn recent(conn: &Connection, limit: usize) -> Result<Vec<AuditEntry>, QueueError> {
@@ -231,11 +229,6 @@ fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
         result: r.get(10)?,
         finished_ms: r.get(11)?,
     })
-}
-
-fn millis(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]
