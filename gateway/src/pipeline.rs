@@ -29,6 +29,7 @@ use crate::config::{AdapterConfig, Config};
 use crate::queue::{Batch, Queue, QueueError, QueueHandle, SqliteState};
 use crate::rules::{Output, Rules};
 use crate::uplink::{self, ForwarderOptions, Uplink};
+use crate::uplink::{sleep_or_shutdown, sleep_until_opt};
 use crate::watchdog::{Heartbeat, SystemdNotify};
 
 /// Builds a fresh adapter; called again after every failure.
@@ -739,7 +740,7 @@ async fn commit(
                     *full_logged = true;
                 }
                 heartbeat.writer_beat();
-                if wait_or_abort(flush_interval, abort).await {
+                if sleep_or_shutdown(flush_interval, abort).await {
                     return;
                 }
             }
@@ -747,27 +748,11 @@ async fn commit(
                 let delay = backoff.next_delay();
                 tracing::error!(error = %e, readings = batch.len(), retry_in = ?delay, "cannot commit readings; holding them in memory");
                 heartbeat.writer_beat();
-                if wait_or_abort(delay, abort).await {
+                if sleep_or_shutdown(delay, abort).await {
                     return;
                 }
             }
         }
-    }
-}
-
-/// Sleeps until `at`, or forever without one.
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Sleeps for `d`; true if `abort` fired first (or meanwhile).
-async fn wait_or_abort(d: Duration, abort: &mut Shutdown) -> bool {
-    tokio::select! {
-        () = abort.fired() => true,
-        () = tokio::time::sleep(d) => abort.is_fired(),
     }
 }
 

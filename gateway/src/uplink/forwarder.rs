@@ -493,7 +493,7 @@ pub async fn forwarder(
                     let delay = f.backoff.next_delay();
                     tracing::error!(uplink = %f.id(), error = %e, retry_in = ?delay, "cannot read the queue");
                     if f.inflight.is_empty() {
-                        sleep_or_shutdown(delay, &mut shutdown).await;
+                        let _ = sleep_or_shutdown(delay, &mut shutdown).await;
                     }
                     break;
                 }
@@ -575,7 +575,7 @@ pub async fn forwarder(
             if shutdown.is_fired() {
                 break;
             }
-            sleep_or_shutdown(delay, &mut shutdown).await;
+            let _ = sleep_or_shutdown(delay, &mut shutdown).await;
         }
     }
     tracing::info!(uplink = %f.opts.id, through_seq = f.cursor, "forwarder stopped");
@@ -594,16 +594,17 @@ async fn dead_letter_some(queue: &QueueHandle, id: &str, rejected: &[(u64, Strin
 }
 
 /// Sleeps until `at`, or forever without one.
-async fn sleep_until_opt(at: Option<Instant>) {
+pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
 
-async fn sleep_or_shutdown(delay: Duration, shutdown: &mut Shutdown) {
+/// Sleeps for `delay`; true if `shutdown` fired first (or meanwhile).
+pub(crate) async fn sleep_or_shutdown(delay: Duration, shutdown: &mut Shutdown) -> bool {
     tokio::select! {
-        () = shutdown.fired() => {}
-        () = tokio::time::sleep(delay) => {}
+        () = shutdown.fired() => true,
+        () = tokio::time::sleep(delay) => shutdown.is_fired(),
     }
 }

@@ -22,6 +22,7 @@ pub(crate) mod tls;
 
 pub use filter::{glob, Filter};
 pub use forwarder::{forwarder, Drain, ForwarderOptions};
+pub(crate) use forwarder::{sleep_or_shutdown, sleep_until_opt};
 
 use fieldgate_adapter::BoxFuture;
 

@@ -39,6 +39,7 @@ use super::{
 use crate::backoff::Backoff;
 use crate::command::{Inbound, Inbox, RESPONSE_CAPACITY};
 use crate::throttle::Throttle;
+use crate::uplink::sleep_or_shutdown;
 use crate::uplink::SendError;
 
 /// Most polls in a row without waiting for the interval (each of them brought commands).
@@ -176,7 +177,7 @@ async fn poll(
                 delay
             }
         };
-        if wait(&mut shutdown, delay).await {
+        if sleep_or_shutdown(delay, &mut shutdown).await {
             return;
         }
     }
@@ -289,7 +290,7 @@ async fn respond(
                     if let Some(n) = log.hit(1, Instant::now()) {
                         tracing::warn!(uplink = %origin, host, error = %reason(&e), failures = n, retry_in = ?delay, "cannot post a command response; will send it again");
                     }
-                    if wait(&mut shutdown, delay).await {
+                    if sleep_or_shutdown(delay, &mut shutdown).await {
                         return;
                     }
                 }
@@ -331,14 +332,6 @@ async fn post_once(
 fn reason(e: &SendError) -> &str {
     match e {
         SendError::Retry(why) | SendError::RetryAfter(why, _) | SendError::Reject(why) => why,
-    }
-}
-
-/// Sleeps for `d`; true if shutdown fired.
-async fn wait(shutdown: &mut Shutdown, d: Duration) -> bool {
-    tokio::select! {
-        () = shutdown.fired() => true,
-        () = tokio::time::sleep(d) => false,
     }
 }
 

@@ -302,6 +302,16 @@ fn check_topic(t: &str, mode: MessageMode) -> Result<(), String> {
     }
 }
 
+/// A topic that is not a template (status, commands, responses): `{gateway}` filled in, no
+/// other placeholder, no wildcards.
+fn fixed_topic(t: &str, gateway: &str) -> Result<String, String> {
+    let t = t.replace("{gateway}", gateway);
+    if t.is_empty() || t.contains('{') || t.contains('+') || t.contains('#') {
+        return Err(format!("`{t}` may only use {{gateway}} and no wildcards"));
+    }
+    Ok(t)
+}
+
 /// Parses `mqtt://host:port` / `mqtts://host:port`.
 pub fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
     let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
@@ -557,44 +567,26 @@ impl MqttUplinkConfig {
         if let Err(e) = check_topic(&topic, mode) {
             bad("topic", e);
         }
-        let status_topic = status_topic
-            .filter(|s| !s.is_empty())
-            .map(|s| s.replace("{gateway}", gateway));
-        if let Some(s) = &status_topic {
-            if s.contains('{') || s.contains('+') || s.contains('#') {
-                bad(
-                    "status_topic",
-                    format!("`{s}` may only use {{gateway}} and no wildcards"),
-                );
-            }
-        }
         let alert_topic = self.alert_topic.as_ref().map(|t| {
             if let Err(e) = check_topic(t, MessageMode::Batch) {
                 bad("alert_topic", e);
             }
             t.replace("{gateway}", gateway)
         });
-        let mut fixed = |key: &str, t: &str, wildcards: bool| {
-            let t = t.replace("{gateway}", gateway);
-            if t.is_empty()
-                || t.contains('{')
-                || (!wildcards && (t.contains('+') || t.contains('#')))
-            {
-                bad(
-                    key,
-                    format!(
-                        "`{t}` may only use {{gateway}}{}",
-                        if wildcards { "" } else { " and no wildcards" }
-                    ),
-                );
-            }
-            t
+        let mut fixed = |key: &str, t: &str| {
+            fixed_topic(t, gateway).unwrap_or_else(|e| {
+                bad(key, e);
+                String::new()
+            })
         };
+        let status_topic = status_topic
+            .filter(|s| !s.is_empty())
+            .map(|s| fixed("status_topic", &s));
         let commands = match (&self.command_topic, &self.response_topic) {
             (Some(c), r) => {
-                let c = fixed("command_topic", c, false);
+                let c = fixed("command_topic", c);
                 let r = match r {
-                    Some(r) => fixed("response_topic", r, false),
+                    Some(r) => fixed("response_topic", r),
                     None => format!("{c}/response"),
                 };
                 Some((c, r))

@@ -38,6 +38,7 @@ pub use message::{build as build_messages, topic_for, Message};
 use super::{Delivery, Pending, SendError, Uplink};
 use crate::backoff::Backoff;
 use crate::command::Inbox;
+use crate::uplink::sleep_or_shutdown;
 use message::RateLimiter;
 
 type Tracker = oneshot::Sender<Result<(), String>>;
@@ -423,7 +424,7 @@ async fn responder(
         };
         if !sent {
             next = Some(body);
-            if wait(&mut shutdown, Duration::from_secs(1)).await {
+            if sleep_or_shutdown(Duration::from_secs(1), &mut shutdown).await {
                 return;
             }
         }
@@ -447,7 +448,7 @@ async fn connection(
             Err(e) => {
                 tracing::error!(url = %s.url, error = %e, "cannot set up the MQTT connection");
                 state.send_replace(LinkState::Down(Some(e)));
-                if wait(&mut shutdown, backoff.next_delay()).await {
+                if sleep_or_shutdown(backoff.next_delay(), &mut shutdown).await {
                     return;
                 }
                 continue;
@@ -476,7 +477,7 @@ async fn connection(
                         tracing::warn!(url = %s.url, error = %why, retry_in = ?delay, "cannot connect to the MQTT broker");
                     }
                     state.send_replace(LinkState::Down(Some(why)));
-                    if wait(&mut shutdown, delay).await {
+                    if sleep_or_shutdown(delay, &mut shutdown).await {
                         return;
                     }
                     continue;
@@ -539,7 +540,7 @@ async fn connection(
                 let delay = backoff.next_delay();
                 tracing::warn!(url = %s.url, error = %why, retry_in = ?delay, "lost the MQTT connection; unacknowledged readings will be sent again");
                 state.send_replace(LinkState::Down(Some(why)));
-                if wait(&mut shutdown, delay).await {
+                if sleep_or_shutdown(delay, &mut shutdown).await {
                     return;
                 }
             }
@@ -619,14 +620,6 @@ async fn run(
                 Err(e) => return Some(describe(&e, s).0),
             }
         }
-    }
-}
-
-/// Sleeps for `d`; true if shutdown fired.
-async fn wait(shutdown: &mut Shutdown, d: Duration) -> bool {
-    tokio::select! {
-        () = shutdown.fired() => true,
-        () = tokio::time::sleep(d) => false,
     }
 }
 
