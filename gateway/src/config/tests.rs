@@ -62,6 +62,10 @@ fn template_is_valid() {
     assert_eq!(kinds, ["simulator", "modbus", "serial", "lorawan"]);
     let uplinks: Vec<&str> = c.uplinks.iter().map(|u| u.kind.type_name()).collect();
     assert_eq!(uplinks, ["mqtt", "https", "file"]);
+    // The rules and alert examples are live, so `fieldgate check` keeps them valid.
+    assert_eq!(c.rules.len(), 4);
+    assert_eq!(c.alerts.len(), 1);
+    assert_eq!(c.commands.default_ttl, Duration::from_secs(60));
 }
 
 #[test]
