@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::mqtt::{Mosquitto, Publisher, Subscriber};
-use common::{audit, free_udp_port, start, stop, wait_for, write};
+use common::{audit, free_udp_port, mqtt_site_with, start, stop, wait_for};
 use serde_json::{json, Value};
 
 const COMMANDS: &str = "fieldgate/e2e/commands";
@@ -22,30 +22,11 @@ const RESPONSES: &str = "fieldgate/e2e/commands/response";
 /// A site with `adapters` (TOML `[[adapters]]` sections) and one MQTT uplink to `broker`
 /// taking commands on [`COMMANDS`], answering on [`RESPONSES`].
 fn site(dir: &Path, broker: &Mosquitto, adapters: &str) -> std::path::PathBuf {
-    let text = format!(
-        r#"
-[gateway]
-id = "e2e"
-data_dir = "{dir}"
-
-[queue]
-flush_interval = "20ms"
-
-{adapters}
-
-[[uplinks]]
-id = "cloud"
-type = "mqtt"
-url = "{url}"
-retry_min = "100ms"
-retry_max = "2s"
-command_topic = "fieldgate/{{gateway}}/commands"
-response_topic = "fieldgate/{{gateway}}/commands/response"
-"#,
-        dir = dir.display(),
-        url = broker.url(),
+    let uplink = format!(
+        "url = \"{}\"\ncommand_topic = \"fieldgate/{{gateway}}/commands\"\nresponse_topic = \"fieldgate/{{gateway}}/commands/response\"",
+        broker.url()
     );
-    write(dir, "site.toml", &text)
+    mqtt_site_with(dir, adapters, &uplink)
 }
 
 /// The cloud's side: publishes commands, reads the responses.

@@ -139,6 +139,13 @@ pub mod mqtt;
 /// A site with a simulator (`points` TOML) and one MQTT uplink (`uplink` TOML body, without
 /// `id`/`type`), its state in `dir`.
 pub fn mqtt_site(dir: &Path, points: &str, uplink: &str) -> PathBuf {
+    let sim = format!("[[adapters]]\nid = \"sim\"\ntype = \"simulator\"\n[[adapters.devices]]\nid = \"dev\"\n{points}");
+    mqtt_site_with(dir, &sim, uplink)
+}
+
+/// A site with `adapters` (TOML `[[adapters]]` sections) and one MQTT uplink `cloud`
+/// (`uplink` TOML body, without `id`/`type`), its state in `dir`.
+pub fn mqtt_site_with(dir: &Path, adapters: &str, uplink: &str) -> PathBuf {
     let text = format!(
         r#"
 [gateway]
@@ -148,12 +155,7 @@ data_dir = "{dir}"
 [queue]
 flush_interval = "20ms"
 
-[[adapters]]
-id = "sim"
-type = "simulator"
-[[adapters.devices]]
-id = "dev"
-{points}
+{adapters}
 
 [[uplinks]]
 id = "cloud"
