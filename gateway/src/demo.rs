@@ -286,6 +286,16 @@ pub async fn run(
         Err(e) => return Err(DemoError::Broker(e)),
     };
     let running = pipeline::start(&config).await?;
+    // The status page, on the usual port if it is free.
+    let mut page = None;
+    for port in [8686, 0] {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        if let Ok((addr, task)) = running.serve_status(&config, addr, None, None).await {
+            println!("status page: http://{addr}/  (metrics: http://{addr}/metrics)\n");
+            page = Some(AbortOnDrop(task));
+            break;
+        }
+    }
     // The water-tank site takes commands: show a round trip and three refusals, and the
     // pump started by the first one fills tank-3 past its high-level alert.
     let script = match (site, parse_url(&url)) {
@@ -320,6 +330,7 @@ pub async fn run(
         }
     }
     drop(script);
+    drop(page);
     let report = running.stop().await?;
     drop(devices);
     // Let the last messages reach the subscriber before it goes.

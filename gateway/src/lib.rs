@@ -22,6 +22,7 @@ pub mod payload;
 pub mod pipeline;
 pub mod queue;
 pub mod rules;
+pub mod status;
 pub mod throttle;
 pub mod uplink;
 pub mod watchdog;

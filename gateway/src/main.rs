@@ -11,7 +11,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use fieldgate::config::{Config, LogFormat, TEMPLATE};
 use fieldgate::queue::{request_requeue, Durability, Inspector, RequeueSelection};
-use fieldgate::{bench, demo, payload, pipeline};
+use fieldgate::status::server::ReloadRequest;
+use fieldgate::{bench, demo, payload, pipeline, status};
 use fieldgate_adapter::{Shutdown, ShutdownTrigger};
 
 /// fieldgate: an edge gateway from field devices to the cloud, through a durable
@@ -33,6 +34,18 @@ enum Command {
     Run(ConfigArg),
     /// Validate a site config and report every problem (exit status 2 if there is any).
     Check(ConfigArg),
+    /// Show what the running gateway is doing: adapters and devices with their last values,
+    /// queue, uplinks, throughput (asks its [http] endpoint; exit status 1 unless it is ready).
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the JSON the status page reads instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the running gateway re-read its config (through its [http] endpoint; without one,
+    /// send it SIGHUP). The config is checked first: one with problems is not applied.
+    Reload(ConfigArg),
     /// Config file helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -261,6 +274,80 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status { config, json } => {
+            let config = match load(&config.config, env) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let Some((http, addr)) = endpoint(&config) else {
+                return Ok(ExitCode::from(2));
+            };
+            let rt = runtime()?;
+            let answer = rt.block_on(status::client::request(
+                addr,
+                "GET",
+                "/api/status",
+                http.token.as_deref(),
+                Duration::from_secs(5),
+            ));
+            let (code, body) = match answer {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("no gateway answers on http://{addr} ({e}): is it running with this config?");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            if code != 200 {
+                eprintln!("http://{addr}/api/status answered {code}: {}", body.trim());
+                return Ok(ExitCode::FAILURE);
+            }
+            let snapshot: status::Snapshot = serde_json::from_str(&body)
+                .context("the status endpoint answered with something that is not a status")?;
+            if json {
+                println!("{body}");
+            } else {
+                print!("{}", status::text::render(&snapshot));
+            }
+            Ok(if snapshot.ready {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Reload(arg) => {
+            let config = match load(&arg.config, env) {
+                Ok(c) => c,
+                Err(code) => {
+                    eprintln!("not reloaded: the running gateway keeps its config");
+                    return Ok(code);
+                }
+            };
+            let Some((http, addr)) = endpoint(&config) else {
+                eprintln!("without [http], send the gateway SIGHUP instead: `systemctl reload fieldgate` or `kill -HUP <pid>`");
+                return Ok(ExitCode::from(2));
+            };
+            let rt = runtime()?;
+            match rt.block_on(status::client::request(
+                addr,
+                "POST",
+                "/api/reload",
+                http.token.as_deref(),
+                Duration::from_secs(60),
+            )) {
+                Ok((200, body)) => {
+                    println!("reloaded: {}", body.trim());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok((code, body)) => {
+                    eprintln!("not reloaded ({code}): {}", body.trim());
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(e) => {
+                    eprintln!("no gateway answers on http://{addr} ({e}): is it running with this config?");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Config(ConfigCommand::Template) => {
             print!("{TEMPLATE}");
             Ok(ExitCode::SUCCESS)
@@ -276,9 +363,16 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
             );
             let rt = runtime()?;
             rt.block_on(async {
-                let shutdown = signals()?;
+                let (shutdown, hangups) = signals()?;
                 let systemd = fieldgate::watchdog::SystemdNotify::from_env(env, std::process::id());
-                let report = pipeline::run(&config, shutdown, systemd).await?;
+                let file = arg.config.clone();
+                let env = env.to_vec();
+                let reloads = pipeline::Reloads {
+                    requests: hangups.1,
+                    sender: hangups.0,
+                    load: Box::new(move || Config::load(&file, &env).map_err(|e| e.to_string())),
+                };
+                let report = pipeline::run(&config, shutdown, systemd, Some(reloads)).await?;
                 anyhow::Ok(if report.lost > 0 {
                     ExitCode::FAILURE
                 } else {
@@ -303,7 +397,7 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
                     DemoSite::WeatherStation => demo::Site::WeatherStation,
                     DemoSite::SmartPole => demo::Site::SmartPole,
                 };
-                demo::run(site, duration, broker, signals()?).await?;
+                demo::run(site, duration, broker, signals()?.0).await?;
                 anyhow::Ok(ExitCode::SUCCESS)
             })
         }
@@ -574,11 +668,27 @@ fn init_logging(filter: &str, format: LogFormat) {
     }
 }
 
-/// A shutdown signal fired by SIGTERM or SIGINT (Ctrl-C).
-fn signals() -> anyhow::Result<Shutdown> {
+type ReloadChannel = (
+    tokio::sync::mpsc::Sender<ReloadRequest>,
+    tokio::sync::mpsc::Receiver<ReloadRequest>,
+);
+
+/// A shutdown signal fired by SIGTERM or SIGINT (Ctrl-C), and a reload request for every
+/// SIGHUP (the channel's sender goes to the status endpoint too).
+fn signals() -> anyhow::Result<(Shutdown, ReloadChannel)> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+    let hup_tx = reload_tx.clone();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(signal = "SIGHUP", "reloading the config");
+            // A full channel means reloads are already pending: they read the file anew.
+            let _ = hup_tx.try_send(ReloadRequest { reply: None });
+        }
+    });
     let (trigger, shutdown) = ShutdownTrigger::new();
     tokio::spawn(async move {
         let name = tokio::select! {
@@ -595,5 +705,19 @@ fn signals() -> anyhow::Result<Shutdown> {
         tracing::warn!("second signal: exiting at once");
         std::process::exit(130);
     });
-    Ok(shutdown)
+    Ok((shutdown, (reload_tx, reload_rx)))
+}
+
+/// The `[http]` section of `config` and the address to reach it at; says why not without one.
+fn endpoint(config: &Config) -> Option<(&fieldgate::config::HttpSection, std::net::SocketAddr)> {
+    match &config.http {
+        Some(h) => Some((h, status::client::target(h))),
+        None => {
+            eprintln!(
+                "{} has no [http] section, so the gateway serves no status endpoint; add one, like\n\n[http]\nlisten = \"127.0.0.1:8686\"\n",
+                config.file.display()
+            );
+            None
+        }
+    }
 }

@@ -12,6 +12,7 @@
 //! a `block`ed queue can drain), then the forwarders finish their current send, then the
 //! queue is checkpointed and closed.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,9 +26,11 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::clock::{Clock, ClockStamp, SystemClock};
 use crate::command::{CommandRoutes, Inbound, Router};
-use crate::config::{AdapterConfig, Config};
+use crate::config::{AdapterConfig, AdapterSection, Config};
 use crate::queue::{Batch, Queue, QueueError, QueueHandle, SqliteState};
 use crate::rules::{Output, Rules};
+use crate::status::server::{Endpoint, ReloadRequest};
+use crate::status::Board;
 use crate::uplink::{self, ForwarderOptions, Uplink};
 use crate::uplink::{sleep_or_shutdown, sleep_until_opt};
 use crate::watchdog::{Heartbeat, SystemdNotify};
@@ -110,40 +113,7 @@ impl Parts {
         let adapters = config
             .adapters
             .iter()
-            .map(|a| {
-                let factory: AdapterFactory = match &a.kind {
-                    AdapterConfig::Simulator(sim) => {
-                        let sim = sim.clone();
-                        let base = config.base_dir.clone();
-                        Box::new(move || {
-                            fieldgate_simulator::Simulator::new(&sim, &base)
-                                .map(|s| Box::new(s) as Box<dyn Adapter>)
-                        })
-                    }
-                    AdapterConfig::Modbus(m) => {
-                        let m = m.clone();
-                        Box::new(move || {
-                            fieldgate_modbus::Modbus::new(&m)
-                                .map(|a| Box::new(a) as Box<dyn Adapter>)
-                        })
-                    }
-                    AdapterConfig::Serial(c) => {
-                        let c = c.clone();
-                        Box::new(move || {
-                            fieldgate_serial::Serial::new(&c)
-                                .map(|a| Box::new(a) as Box<dyn Adapter>)
-                        })
-                    }
-                    AdapterConfig::Lorawan(c) => {
-                        let c = c.clone();
-                        Box::new(move || {
-                            Ok(Box::new(fieldgate_lorawan::Lorawan::new((*c).clone()))
-                                as Box<dyn Adapter>)
-                        })
-                    }
-                };
-                (a.id.clone(), factory)
-            })
+            .map(|a| (a.id.clone(), adapter_factory(config, a)))
             .collect();
         let (inbox, commands) = tokio::sync::mpsc::channel(crate::command::INBOX_CAPACITY);
         let uplinks = config
@@ -169,19 +139,65 @@ impl Parts {
     }
 }
 
+/// The factory of the adapter a config section describes.
+pub fn adapter_factory(config: &Config, a: &AdapterSection) -> AdapterFactory {
+    match &a.kind {
+        AdapterConfig::Simulator(sim) => {
+            let sim = sim.clone();
+            let base = config.base_dir.clone();
+            Box::new(move || {
+                fieldgate_simulator::Simulator::new(&sim, &base)
+                    .map(|s| Box::new(s) as Box<dyn Adapter>)
+            })
+        }
+        AdapterConfig::Modbus(m) => {
+            let m = m.clone();
+            Box::new(move || {
+                fieldgate_modbus::Modbus::new(&m).map(|a| Box::new(a) as Box<dyn Adapter>)
+            })
+        }
+        AdapterConfig::Serial(c) => {
+            let c = c.clone();
+            Box::new(move || {
+                fieldgate_serial::Serial::new(&c).map(|a| Box::new(a) as Box<dyn Adapter>)
+            })
+        }
+        AdapterConfig::Lorawan(c) => {
+            let c = c.clone();
+            Box::new(move || {
+                Ok(Box::new(fieldgate_lorawan::Lorawan::new((*c).clone())) as Box<dyn Adapter>)
+            })
+        }
+    }
+}
+
 /// A running gateway.
 #[derive(Debug)]
 pub struct Running {
     queue: QueueHandle,
     opts: PipelineOptions,
-    adapters_stop: ShutdownTrigger,
+    /// The running adapters' supervisors, by id.
+    adapters: BTreeMap<String, Supervised>,
+    /// What new supervisors (after a reload) are given; dropped at stop, so the writer sees
+    /// the channel close once every adapter is gone.
+    readings: Option<ReadingSender>,
+    state: SharedState,
     writer_abort: ShutdownTrigger,
     forwarders_stop: ShutdownTrigger,
-    supervisors: Vec<JoinHandle<()>>,
     writer: JoinHandle<WriterReport>,
     forwarders: Vec<JoinHandle<()>>,
     routes: CommandRoutes,
     heartbeat: Arc<Heartbeat>,
+    board: Arc<Board>,
+    /// Replaces the writer's rules stage (reload).
+    rules: tokio::sync::mpsc::UnboundedSender<Option<Rules>>,
+}
+
+/// One adapter's supervisor and the trigger that stops it.
+#[derive(Debug)]
+struct Supervised {
+    stop: ShutdownTrigger,
+    task: JoinHandle<()>,
 }
 
 /// What the writer did over its life.
@@ -238,10 +254,12 @@ pub async fn start_with(
             source,
         })?;
     let queue = QueueHandle::new(queue);
+    let board = Board::new(&config.gateway.id);
 
     let (forwarders_stop, fwd_shutdown) = ShutdownTrigger::new();
     let mut forwarders = Vec::new();
     for (fopts, up) in parts.uplinks {
+        board.add_uplink(&fopts.id, Arc::clone(&fopts.live));
         forwarders.push(tokio::spawn(uplink::forwarder(
             queue.clone(),
             up,
@@ -249,7 +267,11 @@ pub async fn start_with(
             fwd_shutdown.clone(),
         )));
     }
-    forwarders.push(tokio::spawn(upkeep(queue.clone(), fwd_shutdown.clone())));
+    forwarders.push(tokio::spawn(upkeep(
+        queue.clone(),
+        Arc::clone(&board),
+        fwd_shutdown.clone(),
+    )));
     forwarders.push(tokio::spawn(crate::clock::monitor(
         Arc::clone(&opts.clock),
         queue.clone(),
@@ -259,32 +281,34 @@ pub async fn start_with(
     let (tx, rx) = reading_channel(config.queue.channel_capacity);
     let (writer_abort, abort) = ShutdownTrigger::new();
     let heartbeat = Heartbeat::new();
-    let writer = tokio::spawn(writer(
-        queue.clone(),
+    let (rules_tx, rule_updates) = tokio::sync::mpsc::unbounded_channel();
+    let writer = tokio::spawn(writer(Writer {
+        queue: queue.clone(),
         rx,
-        config.queue.batch_size,
-        config.queue.flush_interval,
+        batch_size: config.queue.batch_size,
+        flush_interval: config.queue.flush_interval,
         abort,
-        Arc::clone(&heartbeat),
-        Arc::clone(&opts.clock),
-        Some(Rules::new(&config.rules, &config.alerts)).filter(|r| !r.is_empty()),
-    ));
+        heartbeat: Arc::clone(&heartbeat),
+        clock: Arc::clone(&opts.clock),
+        rules: rules_for(config),
+        rule_updates,
+        board: Arc::clone(&board),
+    }));
 
-    let (adapters_stop, adapter_shutdown) = ShutdownTrigger::new();
     let routes: CommandRoutes = Arc::default();
-    let mut supervisors = Vec::new();
+    let mut running_adapters = BTreeMap::new();
     for (id, factory) in parts.adapters {
-        supervisors.push(tokio::spawn(supervise(
-            id,
+        let s = Supervisor {
+            id: id.clone(),
             factory,
-            tx.clone(),
-            adapter_shutdown.clone(),
-            Arc::clone(&routes),
-            Arc::clone(&state),
-            opts.clone(),
-        )));
+            readings: tx.clone(),
+            routes: Arc::clone(&routes),
+            state: Arc::clone(&state),
+            opts: opts.clone(),
+            board: Arc::clone(&board),
+        };
+        running_adapters.insert(id, s.spawn());
     }
-    drop(tx);
     if let Some(inbox) = parts.commands {
         let audit = {
             let apath = path.clone();
@@ -308,15 +332,23 @@ pub async fn start_with(
     Ok(Running {
         queue,
         opts,
-        adapters_stop,
+        adapters: running_adapters,
+        readings: Some(tx),
+        state,
         writer_abort,
         forwarders_stop,
-        supervisors,
         writer,
         forwarders,
         routes,
         heartbeat,
+        board,
+        rules: rules_tx,
     })
+}
+
+/// The rules stage `config` describes, if it has any rule or alert.
+fn rules_for(config: &Config) -> Option<Rules> {
+    Some(Rules::new(&config.rules, &config.alerts)).filter(|r| !r.is_empty())
 }
 
 impl Running {
@@ -335,22 +367,144 @@ impl Running {
         self.routes.lock().ok().and_then(|r| r.get(id).cloned())
     }
 
+    /// The live status (for the status endpoint).
+    pub fn board(&self) -> Arc<Board> {
+        Arc::clone(&self.board)
+    }
+
+    /// Serves the status endpoint on `listen` (see [`crate::status::server`]) until the
+    /// returned task is aborted; `reloads` takes `POST /api/reload`.
+    pub async fn serve_status(
+        &self,
+        config: &Config,
+        listen: std::net::SocketAddr,
+        token: Option<String>,
+        reloads: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
+    ) -> std::io::Result<(std::net::SocketAddr, JoinHandle<()>)> {
+        let endpoint = Endpoint {
+            board: self.board(),
+            queue: self.queue.clone(),
+            max_bytes: config.queue.max_bytes.map(|b| b.0),
+            heartbeat: self.heartbeat(),
+            reloads,
+            token,
+        };
+        crate::status::server::start(listen, endpoint).await
+    }
+
+    /// Applies `new` in place of `old` (a reload; `new` is already validated). Adapters whose
+    /// section is unchanged keep running, with their connections; changed ones are stopped
+    /// and started again, removed ones stopped, new ones started. Changed rules or alerts
+    /// replace the rules stage (its open windows are flushed first, its alert states start
+    /// afresh). The other sections only change at the next start; the summary says which.
+    pub async fn reload(&mut self, old: &Config, new: &Config) -> String {
+        let mut done: Vec<String> = Vec::new();
+        let mut unchanged = 0;
+        for a in &old.adapters {
+            if !new.adapters.iter().any(|n| n.id == a.id) {
+                self.stop_adapter(&a.id).await;
+                self.board.adapter_removed(&a.id);
+                done.push(format!("removed adapter {}", a.id));
+            }
+        }
+        for a in &new.adapters {
+            let before = old.adapters.iter().find(|o| o.id == a.id);
+            if before == Some(a) && self.adapters.contains_key(&a.id) {
+                unchanged += 1;
+                continue;
+            }
+            if before.is_some() {
+                self.stop_adapter(&a.id).await;
+                done.push(format!("restarted adapter {} (its section changed)", a.id));
+            } else {
+                done.push(format!("added adapter {}", a.id));
+            }
+            let Some(readings) = &self.readings else {
+                continue;
+            };
+            let s = Supervisor {
+                id: a.id.clone(),
+                factory: adapter_factory(new, a),
+                readings: readings.clone(),
+                routes: Arc::clone(&self.routes),
+                state: Arc::clone(&self.state),
+                opts: self.opts.clone(),
+                board: Arc::clone(&self.board),
+            };
+            self.adapters.insert(a.id.clone(), s.spawn());
+        }
+        if unchanged > 0 {
+            done.push(format!("{unchanged} adapter(s) unchanged"));
+        }
+        if old.rules != new.rules || old.alerts != new.alerts {
+            let _ = self.rules.send(rules_for(new));
+            done.push(format!(
+                "rules and alerts replaced ({} rule(s), {} alert(s))",
+                new.rules.len(),
+                new.alerts.len()
+            ));
+        }
+        let mut later = Vec::new();
+        if old.gateway != new.gateway {
+            later.push("[gateway]");
+        }
+        if old.log != new.log {
+            later.push("[log]");
+        }
+        if old.queue != new.queue {
+            later.push("[queue]");
+        }
+        if old.uplinks != new.uplinks {
+            later.push("[[uplinks]]");
+        }
+        if old.commands != new.commands {
+            later.push("[commands]");
+        }
+        if old.http != new.http {
+            later.push("[http]");
+        }
+        let mut summary = done.join("; ");
+        if !later.is_empty() {
+            summary.push_str(&format!(
+                "; changed but applied only at the next restart: {}",
+                later.join(", ")
+            ));
+        }
+        summary
+    }
+
+    /// Stops adapter `id`'s supervisor (within the adapter grace) and forgets it.
+    async fn stop_adapter(&mut self, id: &str) {
+        if let Some(s) = self.adapters.remove(id) {
+            s.stop.fire();
+            join_all_within(vec![s.task], self.opts.adapter_grace, "adapter").await;
+        }
+    }
+
     /// Stops everything in the order that loses nothing, then closes the queue.
     pub async fn stop(self) -> Result<WriterReport, PipelineError> {
         let Running {
             queue,
             opts,
-            adapters_stop,
+            adapters,
+            readings,
+            state: _,
             writer_abort,
             forwarders_stop,
-            supervisors,
             writer,
             forwarders,
             routes,
             heartbeat: _,
+            board: _,
+            rules: _,
         } = self;
         tracing::info!("stopping adapters");
-        adapters_stop.fire();
+        drop(readings);
+        let mut supervisors = Vec::new();
+        for (_, s) in adapters {
+            s.stop.fire();
+            supervisors.push(s.task);
+        }
         join_all_within(supervisors, opts.adapter_grace, "adapter").await;
         if let Ok(mut r) = routes.lock() {
             r.clear();
@@ -420,14 +574,36 @@ async fn join_all_within(handles: Vec<JoinHandle<()>>, grace: Duration, what: &s
     }
 }
 
+/// Reads the config file again (for a reload): the new config, or every problem found in it.
+pub type Loader = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+/// Where reload requests come from (SIGHUP, `POST /api/reload`) and how the config is read.
+pub struct Reloads {
+    /// Requests, from the signal handler and the status endpoint.
+    pub requests: tokio::sync::mpsc::Receiver<ReloadRequest>,
+    /// A sender for the status endpoint.
+    pub sender: tokio::sync::mpsc::Sender<ReloadRequest>,
+    /// Reads and validates the config file.
+    pub load: Loader,
+}
+
+impl std::fmt::Debug for Reloads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloads").finish_non_exhaustive()
+    }
+}
+
 /// Runs the pipeline until `shutdown` fires, then stops it cleanly. With `systemd`, tells
-/// systemd when it is ready and pings its watchdog while the pipeline is alive.
+/// systemd when it is ready and pings its watchdog while the pipeline is alive. With
+/// `reloads`, applies a re-read config on request ([`Running::reload`]); a config with any
+/// problem is refused and the running one stays. With `[http]`, serves the status endpoint.
 pub async fn run(
     config: &Config,
     mut shutdown: Shutdown,
     systemd: Option<SystemdNotify>,
+    reloads: Option<Reloads>,
 ) -> Result<WriterReport, PipelineError> {
-    let running = start(config).await?;
+    let mut running = start(config).await?;
     tracing::info!(
         gateway = %config.gateway.id,
         adapters = config.adapters.len(),
@@ -450,7 +626,72 @@ pub async fn run(
             ));
         }
     }
-    shutdown.fired().await;
+    let (mut requests, sender, load) = match reloads {
+        Some(r) => (Some(r.requests), Some(r.sender), Some(r.load)),
+        None => (None, None, None),
+    };
+    let http = match &config.http {
+        None => None,
+        Some(h) => {
+            match running
+                .serve_status(config, h.listen, h.token.clone(), sender)
+                .await
+            {
+                Ok((_, task)) => Some(AbortOnDrop(task)),
+                Err(e) => {
+                    // The data path matters more than the page: go on without it.
+                    tracing::error!(listen = %h.listen, error = %e, "cannot serve the status endpoint; running without it");
+                    None
+                }
+            }
+        }
+    };
+    let mut current = config.clone();
+    loop {
+        let request = tokio::select! {
+            () = shutdown.fired() => break,
+            Some(r) = recv_opt(requests.as_mut()) => r,
+        };
+        let Some(load) = &load else { continue };
+        if let Some(n) = &systemd {
+            let _ = n.notify(&format!(
+                "RELOADING=1\nMONOTONIC_USEC={}",
+                crate::clock::sys::monotonic_usec()
+            ));
+        }
+        let outcome = match load() {
+            Err(problems) => Err(format!(
+                "the new config was refused; the running one stays:\n{problems}"
+            )),
+            Ok(new) => {
+                let summary = running.reload(&current, &new).await;
+                current = new;
+                Ok(if summary.is_empty() {
+                    "nothing changed".to_string()
+                } else {
+                    summary
+                })
+            }
+        };
+        match &outcome {
+            Ok(summary) => tracing::info!(changes = %summary, "config reloaded"),
+            Err(why) => tracing::error!(error = %why, "reload refused"),
+        }
+        let (ok, message) = match &outcome {
+            Ok(m) => (true, m.as_str()),
+            Err(m) => (false, m.as_str()),
+        };
+        running
+            .board()
+            .reloaded(ok, message, std::time::SystemTime::now());
+        if let Some(n) = &systemd {
+            let _ = n.notify("READY=1");
+        }
+        if let Some(reply) = request.reply {
+            let _ = reply.send(outcome);
+        }
+    }
+    drop(http);
     if let Some(n) = &systemd {
         let _ = n.notify("STOPPING=1");
     }
@@ -459,16 +700,55 @@ pub async fn run(
     report
 }
 
-/// Runs one adapter, restarting it with backoff whenever it fails, until shutdown.
-async fn supervise(
+/// The next message of `rx`, or never without one.
+async fn recv_opt<T>(rx: Option<&mut tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What one adapter's supervisor needs.
+struct Supervisor {
     id: String,
     factory: AdapterFactory,
     readings: ReadingSender,
-    mut shutdown: Shutdown,
     routes: CommandRoutes,
     state: SharedState,
     opts: PipelineOptions,
-) {
+    board: Arc<Board>,
+}
+
+impl Supervisor {
+    /// Starts supervising; the returned trigger stops the adapter.
+    fn spawn(self) -> Supervised {
+        let (stop, shutdown) = ShutdownTrigger::new();
+        let id = self.id.clone();
+        let routes = Arc::clone(&self.routes);
+        let board = Arc::clone(&self.board);
+        let task = tokio::spawn(async move {
+            supervise(self, shutdown).await;
+            // Commands for a stopped adapter are refused ("unknown target") from now on.
+            if let Ok(mut r) = routes.lock() {
+                r.remove(&id);
+            }
+            board.adapter_stopped(&id);
+        });
+        Supervised { stop, task }
+    }
+}
+
+/// Runs one adapter, restarting it with backoff whenever it fails, until shutdown.
+async fn supervise(s: Supervisor, mut shutdown: Shutdown) {
+    let Supervisor {
+        id,
+        factory,
+        readings,
+        routes,
+        state,
+        opts,
+        board,
+    } = s;
     let mut backoff = Backoff::new(opts.restart_min, opts.restart_max);
     loop {
         let started = Instant::now();
@@ -487,6 +767,7 @@ async fn supervise(
                     state: Arc::clone(&state),
                 };
                 tracing::info!(adapter = %id, "adapter started");
+                board.adapter_started(&id);
                 // If this supervisor is aborted (an adapter that ignores shutdown), the guard
                 // aborts the adapter's task too, so it cannot keep a reading sender alive.
                 let mut task = AbortOnDrop(tokio::spawn(adapter.run(ctx)));
@@ -515,6 +796,7 @@ async fn supervise(
                 tracing::warn!(adapter = %id, restart_in = ?delay, "adapter stopped by itself; restarting")
             }
             Err(why) => {
+                board.adapter_failed(&id, &why);
                 tracing::error!(adapter = %id, error = %why, attempt = backoff.attempts(), restart_in = ?delay, "adapter failed; restarting")
             }
         }
@@ -551,17 +833,21 @@ fn panic_message(e: tokio::task::JoinError) -> String {
 /// timers (window ends, alert hold times) produce readings of their own. Ends when every
 /// sender is gone and the channel is drained (open aggregation windows are then flushed), or
 /// when `abort` fires (then whatever is still in memory is reported lost).
-#[allow(clippy::too_many_arguments)] // one call site; each is a distinct part of the pipeline
-async fn writer(
-    queue: QueueHandle,
-    mut rx: ReadingReceiver,
-    batch_size: usize,
-    flush_interval: Duration,
-    mut abort: Shutdown,
-    heartbeat: Arc<Heartbeat>,
-    clock: Arc<dyn Clock>,
-    mut rules: Option<Rules>,
-) -> WriterReport {
+/// A new rules stage from [`Running::reload`] replaces the old one after the old one's open
+/// windows are flushed.
+async fn writer(w: Writer) -> WriterReport {
+    let Writer {
+        queue,
+        mut rx,
+        batch_size,
+        flush_interval,
+        mut abort,
+        heartbeat,
+        clock,
+        mut rules,
+        mut rule_updates,
+        board,
+    } = w;
     let mut report = WriterReport::default();
     let mut incoming: Vec<Reading> = Vec::with_capacity(batch_size);
     let mut batch = Batch {
@@ -591,6 +877,15 @@ async fn writer(
                 }
                 usize::MAX
             }
+            Some(update) = rule_updates.recv() => {
+                if let Some(r) = rules.as_mut() {
+                    let mut out = Output::default();
+                    r.flush(clock.wall(), &mut out);
+                    push_output(&mut batch, out);
+                }
+                rules = update;
+                usize::MAX
+            }
         };
         if got == 0 {
             if abort.is_fired() {
@@ -604,7 +899,7 @@ async fn writer(
                 push_output(&mut batch, out);
             }
         } else if got != usize::MAX {
-            stage(&mut rules, &mut incoming, &mut batch, &*clock);
+            stage(&mut rules, &mut incoming, &mut batch, &*clock, &board);
             let deadline = Instant::now() + flush_interval;
             while batch.len() < batch_size {
                 let room = batch_size - batch.len();
@@ -613,7 +908,7 @@ async fn writer(
                     () = tokio::time::sleep_until(deadline) => break,
                     _ = beat.tick() => heartbeat.writer_beat(),
                 }
-                stage(&mut rules, &mut incoming, &mut batch, &*clock);
+                stage(&mut rules, &mut incoming, &mut batch, &*clock, &board);
             }
         }
         if !batch.is_empty() {
@@ -653,13 +948,30 @@ async fn writer(
     report
 }
 
-/// Passes the readings in `incoming` through the rules stage (if any) into `batch`.
+/// What the queue writer works with.
+struct Writer {
+    queue: QueueHandle,
+    rx: ReadingReceiver,
+    batch_size: usize,
+    flush_interval: Duration,
+    abort: Shutdown,
+    heartbeat: Arc<Heartbeat>,
+    clock: Arc<dyn Clock>,
+    rules: Option<Rules>,
+    rule_updates: tokio::sync::mpsc::UnboundedReceiver<Option<Rules>>,
+    board: Arc<Board>,
+}
+
+/// Shows the readings in `incoming` to the status board, then passes them through the rules
+/// stage (if any) into `batch`.
 fn stage(
     rules: &mut Option<Rules>,
     incoming: &mut Vec<Reading>,
     batch: &mut Batch,
     clock: &dyn Clock,
+    board: &Board,
 ) {
+    board.observe(incoming, clock.wall());
     match rules {
         None => batch.readings.append(incoming),
         Some(r) => {
@@ -758,13 +1070,15 @@ async fn commit(
 
 /// Every second: drops readings older than `queue.max_age`, and moves the dead letters
 /// `fieldgate queue requeue` asked for back into the queue.
-async fn upkeep(queue: QueueHandle, mut shutdown: Shutdown) {
+/// Also takes the status board's throughput samples.
+async fn upkeep(queue: QueueHandle, board: Arc<Board>, mut shutdown: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.fired() => return,
             _ = tick.tick() => {
+                board.sample(std::time::SystemTime::now());
                 if let Err(e) = queue.expire().await {
                     tracing::error!(error = %e, "cannot drop expired readings");
                 }

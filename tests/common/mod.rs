@@ -85,6 +85,13 @@ pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
 /// leaves no process behind).
 pub struct Gateway(Option<std::process::Child>);
 
+impl Gateway {
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, std::process::Child::id)
+    }
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         if let Some(mut c) = self.0.take() {

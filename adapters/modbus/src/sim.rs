@@ -390,6 +390,11 @@ pub struct TcpHandle {
 }
 
 impl TcpHandle {
+    /// How many connections it has accepted.
+    pub fn connections(&self) -> usize {
+        lock(&self.conns).len()
+    }
+
     /// Where it listens.
     pub fn addr(&self) -> Option<SocketAddr> {
         self.addr

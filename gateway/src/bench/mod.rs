@@ -379,6 +379,7 @@ fn one_uplink(
             retry_min,
             retry_max: Duration::from_secs(1),
             drain: crate::uplink::Drain::Fifo,
+            live: Default::default(),
         },
         uplink,
     )]

@@ -34,3 +34,9 @@ pub fn boot_id() -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown-boot".to_string())
 }
+
+/// CLOCK_MONOTONIC in microseconds (what systemd's `MONOTONIC_USEC=` wants).
+pub fn monotonic_usec() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0) / 1000
+}

@@ -69,6 +69,31 @@ pub struct Config {
     pub alerts: Vec<AlertConfig>,
     /// `[commands]`.
     pub commands: CommandsSection,
+    /// `[http]`: the local status endpoint, when configured.
+    pub http: Option<HttpSection>,
+}
+
+/// `[http]`: the local status endpoint (status page, JSON status, Prometheus metrics, health
+/// probes, reload). Absent: no endpoint.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Address and port to listen on, like `"127.0.0.1:8686"`. Keep it on loopback unless
+    /// the site LAN must see the page; then set `token` too.
+    pub listen: std::net::SocketAddr,
+    /// A bearer token every path but `/healthz` and `/readyz` requires (letters, digits and
+    /// `-._~`, at least 16 of them).
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for HttpSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSection")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// `[commands]`: commands from the cloud (taken by uplinks with `command_topic` or
@@ -452,6 +477,8 @@ struct RawConfig {
     alerts: Vec<Value>,
     #[serde(default)]
     commands: Option<Value>,
+    #[serde(default)]
+    http: Option<Value>,
 }
 
 impl Config {
@@ -491,6 +518,7 @@ impl Config {
                 rules: Vec::new(),
                 alerts: Vec::new(),
                 commands: None,
+                http: None,
             });
         let gateway = section::<GatewaySection>(&mut c, raw.gateway.as_ref(), "gateway");
         let log = section::<LogSection>(&mut c, raw.log.as_ref(), "log");
@@ -501,6 +529,25 @@ impl Config {
                 root.key("commands").key("default_ttl"),
                 "must be greater than zero, like \"60s\"",
             );
+        }
+        let http = match &raw.http {
+            None => Some(None),
+            Some(v) => c.extract::<HttpSection>(v, &root.key("http")).map(Some),
+        };
+        if let Some(Some(HttpSection {
+            token: Some(token), ..
+        })) = &http
+        {
+            if token.len() < 16
+                || !token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+            {
+                c.push(
+                    root.key("http").key("token"),
+                    "must be at least 16 characters of letters, digits and -._~ (try `openssl rand -hex 24`)",
+                );
+            }
         }
         let rules: Vec<RuleConfig> = entries(&mut c, &raw.rules, "rules");
         for (i, p) in crate::rules::validate_rules(&rules) {
@@ -606,8 +653,8 @@ impl Config {
         if !c.errors.is_empty() {
             return Err(ConfigErrors(c.errors));
         }
-        match (gateway, log, queue, commands) {
-            (Some(gateway), Some(log), Some(queue), Some(commands)) => Ok(Config {
+        match (gateway, log, queue, commands, http) {
+            (Some(gateway), Some(log), Some(queue), Some(commands), Some(http)) => Ok(Config {
                 file: file.to_path_buf(),
                 base_dir,
                 gateway,
@@ -618,6 +665,7 @@ impl Config {
                 rules,
                 alerts,
                 commands,
+                http,
             }),
             // Unreachable in practice: a section that failed recorded an error above.
             _ => Err(ConfigErrors(c.errors)),

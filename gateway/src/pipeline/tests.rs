@@ -160,6 +160,7 @@ fn uplink_opts(id: &str) -> ForwarderOptions {
         retry_min: Duration::from_millis(5),
         retry_max: Duration::from_millis(20),
         drain: crate::uplink::Drain::Fifo,
+        live: Default::default(),
     }
 }
 

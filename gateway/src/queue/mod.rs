@@ -194,6 +194,9 @@ pub struct UplinkPosition {
     pub pending: u64,
     /// Readings it has delivered since the queue was created.
     pub delivered: u64,
+    /// Time since the oldest reading it has not acknowledged was appended (its lag).
+    #[serde(with = "opt_secs")]
+    pub oldest_age: Option<Duration>,
 }
 
 mod opt_secs {
@@ -1285,15 +1288,19 @@ fn stats(conn: &Connection, path: &Path, now: SystemTime) -> Result<QueueStats, 
         (Some(f), Some(l)) => l - f + 1,
         _ => 0,
     };
-    let oldest_age = match first_seq {
-        Some(first) => conn
+    // When the reading `seq` was appended, as an age.
+    let age_of = |seq: u64| -> Result<Option<Duration>, QueueError> {
+        Ok(conn
             .query_row(
                 "SELECT enq_ms FROM segments WHERE first_seq <= ?1 ORDER BY first_seq DESC LIMIT 1",
-                [first as i64],
+                [seq as i64],
                 |r| r.get::<_, i64>(0),
             )
             .optional()?
-            .map(|enq| Duration::from_millis((millis(now) - enq).max(0) as u64)),
+            .map(|enq| Duration::from_millis((millis(now) - enq).max(0) as u64)))
+    };
+    let oldest_age = match first_seq {
+        Some(first) => age_of(first)?,
         None => None,
     };
     let mut s = conn.query_row(
@@ -1328,9 +1335,15 @@ fn stats(conn: &Connection, path: &Path, now: SystemTime) -> Result<QueueStats, 
                 acked,
                 pending: last.saturating_sub(acked).min(depth),
                 delivered: r.get::<_, i64>(2)? as u64,
+                oldest_age: None,
             })
         })?
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
+    for u in &mut s.uplinks {
+        if let (Some(first), true) = (first_seq, u.pending > 0) {
+            u.oldest_age = age_of((u.acked + 1).max(first))?;
+        }
+    }
     Ok(s)
 }
 

@@ -21,6 +21,7 @@
 //! between they are sent again in queue order, with the same sequence ids.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fieldgate_adapter::Shutdown;
@@ -30,6 +31,7 @@ use super::{settled, Delivery, Filter, Pending, SendError, Uplink};
 use crate::backoff::Backoff;
 use crate::config::UplinkSection;
 use crate::queue::{QueueHandle, Queued};
+use crate::status::UplinkLive;
 
 /// The order in which a backlog is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -59,6 +61,8 @@ pub struct ForwarderOptions {
     pub retry_max: Duration,
     /// Backlog order.
     pub drain: Drain,
+    /// Its counters for the status page and metrics.
+    pub live: Arc<UplinkLive>,
 }
 
 impl ForwarderOptions {
@@ -71,6 +75,7 @@ impl ForwarderOptions {
             retry_min: s.retry_min,
             retry_max: s.retry_max,
             drain: s.drain,
+            live: Arc::default(),
         }
     }
 }
@@ -354,6 +359,11 @@ impl Forwarder {
                 if !rejected.is_empty() && !dead_letter_some(&self.queue, &id, &rejected).await {
                     return false;
                 }
+                self.opts.live.sent(
+                    seqs.len().saturating_sub(rejected.len()) as u64,
+                    rejected.len() as u64,
+                    std::time::SystemTime::now(),
+                );
                 (
                     seqs.len().saturating_sub(rejected.len()) as u64,
                     delivery.bytes,
@@ -364,6 +374,7 @@ impl Forwarder {
                     self.retry_after = Some(*after);
                 }
                 tracing::warn!(uplink = %id, error = %e, attempt = self.backoff.attempts() + 1, "delivery failed; will retry");
+                self.opts.live.failed(&e.to_string());
                 return false;
             }
             Err(SendError::Reject(why)) => {
@@ -372,6 +383,9 @@ impl Forwarder {
                     tracing::error!(uplink = %id, error = %e, "could not store dead letters; will retry the batch");
                     return false;
                 }
+                self.opts
+                    .live
+                    .sent(0, seqs.len() as u64, std::time::SystemTime::now());
                 (0, 0)
             }
         };
@@ -438,6 +452,9 @@ pub async fn forwarder(
         }
     };
     uplink.set_queue_id(queue.instance());
+    if let Some(link) = uplink.link() {
+        opts.live.watch_link(link);
+    }
     tracing::info!(uplink = %id, from_seq = cursor + 1, "forwarder started");
     let window = uplink.window().max(1);
     let mut f = Forwarder {

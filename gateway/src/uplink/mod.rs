@@ -99,6 +99,21 @@ pub trait Uplink: Send + 'static {
     fn set_queue_id(&mut self, queue_id: &str) {
         let _ = queue_id;
     }
+
+    /// The state of the uplink's connection, for uplinks that hold one (the status page shows
+    /// it); `None` for uplinks that connect per send.
+    fn link(&self) -> Option<tokio::sync::watch::Receiver<LinkState>> {
+        None
+    }
+}
+
+/// The state of an uplink's connection, for uplinks that hold one (MQTT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkState {
+    /// Not connected; the last error, if any.
+    Down(Option<String>),
+    /// Connected (for MQTT: CONNACK received).
+    Up,
 }
 
 /// True if the uplink a config section describes takes commands from the cloud.

@@ -64,14 +64,7 @@ impl Shared {
     }
 }
 
-/// The connection's state, as the uplink sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LinkState {
-    /// Not connected; the last error, if any.
-    Down(Option<String>),
-    /// Connected (CONNACK received).
-    Up,
-}
+pub use crate::uplink::LinkState;
 
 /// The MQTT uplink.
 #[derive(Debug)]
@@ -232,6 +225,10 @@ impl Uplink for MqttUplink {
 
     fn set_queue_id(&mut self, queue_id: &str) {
         self.queue_id = queue_id.to_string();
+    }
+
+    fn link(&self) -> Option<watch::Receiver<LinkState>> {
+        Some(self.state.clone())
     }
 }
 

@@ -85,6 +85,7 @@ async fn pipeline(dir: &Path, values: Vec<Value>, uplink: MqttUplink) -> Running
                 retry_min: Duration::from_millis(50),
                 retry_max: Duration::from_millis(500),
                 drain: crate::uplink::Drain::Fifo,
+                live: Default::default(),
             },
             Box::new(uplink),
         )],
