@@ -393,3 +393,120 @@ fn reload_applies_a_valid_config_keeps_unchanged_adapters_connected_and_refuses_
         "{log}"
     );
 }
+
+/// Debian's Chromium (`apt-get install chromium`; `.ci/run` installs it), or
+/// `FIELDGATE_CHROMIUM`.
+fn chromium() -> String {
+    let path = std::env::var("FIELDGATE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&path).exists(),
+        "the status page test needs a real browser: install Debian's chromium (apt-get install chromium) or set FIELDGATE_CHROMIUM"
+    );
+    path
+}
+
+/// Runs headless Chromium on `url` with `args` (the flags this machine's closed network
+/// needs, a fresh profile, and a virtual-time budget for the page's first fetches).
+fn headless(url: &str, args: &[&str]) -> std::process::Output {
+    let profile = tempfile::tempdir().expect("profile dir");
+    std::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("chromium runs")
+}
+
+#[test]
+fn the_status_page_renders_in_headless_chromium() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let cfg = sim_site(dir.path(), port, "100ms", "");
+    let gw = start(&cfg);
+    wait_for("two throughput samples (one every 5 s)", 60, || {
+        std::net::TcpStream::connect(addr).is_ok()
+            && status_json(addr)["history"]
+                .as_array()
+                .is_some_and(|h| h.len() >= 2)
+    });
+    let url = format!("http://{addr}/?token={TOKEN}");
+
+    // The DOM after the page's script ran: the same data as the JSON, rendered.
+    let out = headless(&url, &["--dump-dom"]);
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        // Attributes in double quotes are what the script rendered (its source uses single).
+        "<tr data-adapter=\"pumps\">",
+        "<span class=\"badge ok\">running</span>",
+        "<tr data-uplink=\"archive\">",
+        "<span class=\"badge ok\">connected</span>",
+        "<span id=\"health\" class=\"badge ok\">ok</span>",
+        "pump-1",
+        "pressure</td>",
+        " bar<",
+        "<td class=\"q-good\" title=\"\">good</td>",
+        "ops-e2e",
+        // The chart: both series drawn.
+        "<polyline fill=\"none\" stroke=\"#2563eb\"",
+        "<polyline fill=\"none\" stroke=\"#16a34a\"",
+    ] {
+        assert!(
+            dom.contains(needle),
+            "missing `{needle}` in the rendered page:\n{dom}"
+        );
+    }
+    assert!(
+        dom.contains("id=\"error\" style=\"display: none;\""),
+        "no error banner:\n{dom}"
+    );
+
+    // A wrong token: the browser gets the refusal, not the page.
+    let out = headless(&format!("http://{addr}/?token=nope"), &["--dump-dom"]);
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("a bearer token is needed") && !dom.contains("pump-1"),
+        "the page is refused with a wrong token:\n{dom}"
+    );
+
+    // A screenshot, for a person to look at (FIELDGATE_SCREENSHOT keeps it).
+    let shot = std::env::var("FIELDGATE_SCREENSHOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| dir.path().join("status-page.png"));
+    let out = headless(
+        &url,
+        &[
+            "--window-size=1280,1000",
+            &format!("--screenshot={}", shot.display()),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 20_000,
+        "{} bytes",
+        png.len()
+    );
+    stop(gw);
+}

@@ -146,7 +146,10 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
 
-    let _ = writeln!(o, "\nThroughput (readings/s in → delivered/s)");
+    let _ = writeln!(
+        o,
+        "\nThroughput (readings/s in → deliveries/s, all uplinks together)"
+    );
     let h = &s.history;
     if h.len() < 2 {
         let _ = writeln!(o, "  (not enough samples yet; one every 5 s)");
@@ -161,8 +164,8 @@ pub fn render(s: &Snapshot) -> String {
             let _ = writeln!(
                 o,
                 "  {label:<11} {:>9.1} → {:.1}",
-                (last.readings - first.readings) as f64 / dt,
-                (last.delivered - first.delivered) as f64 / dt
+                last.readings.saturating_sub(first.readings) as f64 / dt,
+                last.delivered.saturating_sub(first.delivered) as f64 / dt
             );
         }
     }
