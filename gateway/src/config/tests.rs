@@ -66,6 +66,39 @@ fn template_is_valid() {
     assert_eq!(c.rules.len(), 4);
     assert_eq!(c.alerts.len(), 1);
     assert_eq!(c.commands.default_ttl, Duration::from_secs(60));
+    let http = c.http.expect("the template serves the status page");
+    assert_eq!(http.listen.to_string(), "127.0.0.1:8686");
+    assert_eq!(http.token, None);
+}
+
+#[test]
+fn the_http_section_is_optional_and_checked() {
+    let c = Config::from_toml(Path::new("/etc/fieldgate/site.toml"), MINIMAL, &[]).expect("valid");
+    assert_eq!(c.http, None, "no section, no endpoint");
+    let token = "0123456789abcdef-._~";
+    let c = Config::from_toml(
+        Path::new("/etc/fieldgate/site.toml"),
+        &format!("[http]\nlisten = \"0.0.0.0:80\"\ntoken = \"{token}\"\n{MINIMAL}"),
+        &[],
+    )
+    .expect("valid");
+    let http = c.http.expect("section");
+    assert_eq!(http.token.as_deref(), Some(token));
+    assert!(
+        !format!("{http:?}").contains(token),
+        "the token stays out of Debug output"
+    );
+    check(
+        &format!("[http]\nlisten = \"localhost\"\ntoken = \"short\"\nport = 1\n{MINIMAL}"),
+        &[
+            "/etc/fieldgate/site.toml:2: http.listen: invalid socket address syntax",
+            "/etc/fieldgate/site.toml:4: http.port: unknown key `port`; expected one of: listen, token",
+        ],
+    );
+    check(
+        &format!("[http]\nlisten = \"127.0.0.1:0\"\ntoken = \"has spaces in it, 16+\"\n{MINIMAL}"),
+        &["/etc/fieldgate/site.toml:3: http.token: must be at least 16 characters of letters, digits and -._~ (try `openssl rand -hex 24`)"],
+    );
 }
 
 #[test]
