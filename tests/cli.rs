@@ -124,7 +124,7 @@ fn broken_configs_exit_2_with_one_line_per_error() {
     assert_eq!(errors.len(), 1, "{lines:?}");
     assert!(
         errors[0].contains(
-            "short-key.toml:50: adapters[0].devices[1].nwk_skey: has 31 hex digits; it needs 32"
+            "short-key.toml:54: adapters[0].devices[1].nwk_skey: has 31 hex digits; it needs 32"
         ),
         "{}",
         errors[0]
