@@ -117,6 +117,9 @@ fn the_status_endpoint_serves_probes_metrics_json_and_the_page_behind_its_token(
     let (code, _) = http(addr, "GET", &format!("/api/status?token={TOKEN}"), None);
     assert_eq!(code, 200, "a browser passes the token in the query");
     assert_eq!(http(addr, "DELETE", "/metrics", Some(TOKEN)).0, 405);
+    // A reload is not a simple request: a form on another web site cannot send it.
+    let (code, body) = http(addr, "POST", "/api/reload", Some(TOKEN));
+    assert_eq!(code, 403, "{body}");
     assert_eq!(http(addr, "GET", "/nope", Some(TOKEN)).0, 404);
 
     // The page is one self-contained document.
@@ -325,8 +328,8 @@ fn reload_applies_a_valid_config_keeps_unchanged_adapters_connected_and_refuses_
         "an unchanged adapter keeps its connection"
     );
 
-    // 2. A config with a typo: `fieldgate reload` refuses it before sending, naming the key
-    // and the file, and the gateway keeps the running config.
+    // 2. A config with a typo: the gateway refuses it, `fieldgate reload` prints why (the key
+    // and the file) and exits 2, and the running config stays.
     let good = std::fs::read_to_string(&cfg).expect("read");
     std::fs::write(
         &cfg,
@@ -344,7 +347,7 @@ fn reload_applies_a_valid_config_keeps_unchanged_adapters_connected_and_refuses_
         "{err}"
     );
     assert!(err.contains("not reloaded"), "{err}");
-    // SIGHUP with the same file: refused by the gateway itself, reported on the page.
+    // SIGHUP with the same file: refused too, and reported on the page.
     signal(pid, "HUP");
     wait_for("the refusal on the status page", 30, || {
         status_json(addr)["reload"]["ok"] == false

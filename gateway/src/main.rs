@@ -275,11 +275,7 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { config, json } => {
-            let config = match load(&config.config, env) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            let Some((http, addr)) = endpoint(&config) else {
+            let Some((http, addr)) = endpoint(&config.config, env) else {
                 return Ok(ExitCode::from(2));
             };
             let rt = runtime()?;
@@ -315,14 +311,9 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Reload(arg) => {
-            let config = match load(&arg.config, env) {
-                Ok(c) => c,
-                Err(code) => {
-                    eprintln!("not reloaded: the running gateway keeps its config");
-                    return Ok(code);
-                }
-            };
-            let Some((http, addr)) = endpoint(&config) else {
+            // The gateway reads and checks its own file, with its own environment (where
+            // the secrets may be), and answers with every problem it finds.
+            let Some((http, addr)) = endpoint(&arg.config, env) else {
                 eprintln!("without [http], send the gateway SIGHUP instead: `systemctl reload fieldgate` or `kill -HUP <pid>`");
                 return Ok(ExitCode::from(2));
             };
@@ -337,6 +328,10 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
                 Ok((200, body)) => {
                     println!("reloaded: {}", body.trim());
                     Ok(ExitCode::SUCCESS)
+                }
+                Ok((422, body)) => {
+                    eprintln!("not reloaded: {}", body.trim());
+                    Ok(ExitCode::from(2))
                 }
                 Ok((code, body)) => {
                     eprintln!("not reloaded ({code}): {}", body.trim());
@@ -370,7 +365,9 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
                 let reloads = pipeline::Reloads {
                     requests: hangups.1,
                     sender: hangups.0,
-                    load: Box::new(move || Config::load(&file, &env).map_err(|e| e.to_string())),
+                    load: std::sync::Arc::new(move || {
+                        Config::load(&file, &env).map_err(|e| e.to_string())
+                    }),
                 };
                 let report = pipeline::run(&config, shutdown, systemd, Some(reloads)).await?;
                 anyhow::Ok(if report.lost > 0 {
@@ -684,9 +681,13 @@ fn signals() -> anyhow::Result<(Shutdown, ReloadChannel)> {
     let hup_tx = reload_tx.clone();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            tracing::info!(signal = "SIGHUP", "reloading the config");
             // A full channel means reloads are already pending: they read the file anew.
-            let _ = hup_tx.try_send(ReloadRequest { reply: None });
+            match hup_tx.try_send(ReloadRequest { reply: None }) {
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::info!(signal = "SIGHUP", "ignored: this command does not reload")
+                }
+                _ => tracing::info!(signal = "SIGHUP", "reloading the config"),
+            }
         }
     });
     let (trigger, shutdown) = ShutdownTrigger::new();
@@ -708,15 +709,25 @@ fn signals() -> anyhow::Result<(Shutdown, ReloadChannel)> {
     Ok((shutdown, (reload_tx, reload_rx)))
 }
 
-/// The `[http]` section of `config` and the address to reach it at; says why not without one.
-fn endpoint(config: &Config) -> Option<(&fieldgate::config::HttpSection, std::net::SocketAddr)> {
-    match &config.http {
-        Some(h) => Some((h, status::client::target(h))),
-        None => {
+/// The `[http]` section of `file` and the address to reach it at; says why not without one.
+fn endpoint(
+    file: &std::path::Path,
+    env: &[(String, String)],
+) -> Option<(fieldgate::config::HttpSection, std::net::SocketAddr)> {
+    match Config::http_section(file, env) {
+        Ok(Some(h)) => {
+            let addr = status::client::target(&h);
+            Some((h, addr))
+        }
+        Ok(None) => {
             eprintln!(
                 "{} has no [http] section, so the gateway serves no status endpoint; add one, like\n\n[http]\nlisten = \"127.0.0.1:8686\"\n",
-                config.file.display()
+                file.display()
             );
+            None
+        }
+        Err(e) => {
+            eprintln!("{e}");
             None
         }
     }

@@ -189,8 +189,8 @@ pub struct Running {
     routes: CommandRoutes,
     heartbeat: Arc<Heartbeat>,
     board: Arc<Board>,
-    /// Replaces the writer's rules stage (reload).
-    rules: tokio::sync::mpsc::UnboundedSender<Option<Rules>>,
+    /// Replaces the writer's rules stage (reload); the writer acknowledges.
+    rules: tokio::sync::mpsc::UnboundedSender<RulesUpdate>,
 }
 
 /// One adapter's supervisor and the trigger that stops it.
@@ -388,97 +388,128 @@ impl Running {
             heartbeat: self.heartbeat(),
             reloads,
             token,
+            stats: Arc::default(),
         };
         crate::status::server::start(listen, endpoint).await
     }
 
-    /// Applies `new` in place of `old` (a reload; `new` is already validated). Adapters whose
-    /// section is unchanged keep running, with their connections; changed ones are stopped
-    /// and started again, removed ones stopped, new ones started. Changed rules or alerts
-    /// replace the rules stage (its open windows are flushed first, its alert states start
-    /// afresh). The other sections only change at the next start; the summary says which.
-    pub async fn reload(&mut self, old: &Config, new: &Config) -> String {
+    /// Applies what can change in place of `new` to the running gateway and records it in
+    /// `current` (the config in effect; `new` is already validated). Adapters whose section is
+    /// unchanged keep running, with their connections; changed and removed ones are stopped
+    /// (together, within one adapter grace); changed rules or alerts replace the rules stage
+    /// (its open windows are flushed first, its alert states start afresh) before changed and
+    /// new adapters start, so their readings meet the new rules. The other sections change
+    /// only at the next start: the summary names those that differ from what runs.
+    pub async fn reload(&mut self, current: &mut Config, new: &Config) -> String {
         let mut done: Vec<String> = Vec::new();
+        let mut stopping = Vec::new();
+        let mut starting = Vec::new();
         let mut unchanged = 0;
-        for a in &old.adapters {
+        for a in &current.adapters {
             if !new.adapters.iter().any(|n| n.id == a.id) {
-                self.stop_adapter(&a.id).await;
-                self.board.adapter_removed(&a.id);
+                stopping.push(a.id.clone());
                 done.push(format!("removed adapter {}", a.id));
             }
         }
         for a in &new.adapters {
-            let before = old.adapters.iter().find(|o| o.id == a.id);
-            if before == Some(a) && self.adapters.contains_key(&a.id) {
-                unchanged += 1;
-                continue;
+            match current.adapters.iter().find(|o| o.id == a.id) {
+                Some(before) if before == a && self.adapters.contains_key(&a.id) => {
+                    unchanged += 1;
+                }
+                Some(_) => {
+                    stopping.push(a.id.clone());
+                    starting.push(a);
+                    done.push(format!("restarted adapter {} (its section changed)", a.id));
+                }
+                None => {
+                    starting.push(a);
+                    done.push(format!("added adapter {}", a.id));
+                }
             }
-            if before.is_some() {
-                self.stop_adapter(&a.id).await;
-                done.push(format!("restarted adapter {} (its section changed)", a.id));
-            } else {
-                done.push(format!("added adapter {}", a.id));
+        }
+        let mut tasks = Vec::new();
+        for id in &stopping {
+            if let Some(s) = self.adapters.remove(id) {
+                s.stop.fire();
+                tasks.push(s.task);
             }
-            let Some(readings) = &self.readings else {
-                continue;
-            };
-            let s = Supervisor {
-                id: a.id.clone(),
-                factory: adapter_factory(new, a),
-                readings: readings.clone(),
-                routes: Arc::clone(&self.routes),
-                state: Arc::clone(&self.state),
-                opts: self.opts.clone(),
-                board: Arc::clone(&self.board),
-            };
-            self.adapters.insert(a.id.clone(), s.spawn());
         }
-        if unchanged > 0 {
-            done.push(format!("{unchanged} adapter(s) unchanged"));
+        join_all_within(tasks, self.opts.adapter_grace, "adapter").await;
+        for id in &stopping {
+            // What a stopped adapter still had in the channel does not bring it back.
+            self.board.adapter_removed(id);
+            if let Ok(mut r) = self.routes.lock() {
+                r.remove(id);
+            }
         }
-        if old.rules != new.rules || old.alerts != new.alerts {
-            let _ = self.rules.send(rules_for(new));
+        if current.rules != new.rules || current.alerts != new.alerts {
+            let (ack, applied) = tokio::sync::oneshot::channel();
+            let _ = self.rules.send((rules_for(new), ack));
+            // The writer takes it at its next turn; only a commit stuck in a full `block`ed
+            // queue can hold it up.
+            if tokio::time::timeout(Duration::from_secs(30), applied)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the queue writer has not taken the new rules within 30 s; it will when its commit goes through");
+            }
             done.push(format!(
                 "rules and alerts replaced ({} rule(s), {} alert(s))",
                 new.rules.len(),
                 new.alerts.len()
             ));
         }
+        if let Some(readings) = &self.readings {
+            for a in starting {
+                let s = Supervisor {
+                    id: a.id.clone(),
+                    factory: adapter_factory(new, a),
+                    readings: readings.clone(),
+                    routes: Arc::clone(&self.routes),
+                    state: Arc::clone(&self.state),
+                    opts: self.opts.clone(),
+                    board: Arc::clone(&self.board),
+                };
+                self.adapters.insert(a.id.clone(), s.spawn());
+            }
+        }
+        if unchanged > 0 {
+            done.push(format!("{unchanged} adapter(s) unchanged"));
+        }
+        current.adapters.clone_from(&new.adapters);
+        current.rules.clone_from(&new.rules);
+        current.alerts.clone_from(&new.alerts);
         let mut later = Vec::new();
-        if old.gateway != new.gateway {
+        if current.gateway != new.gateway {
             later.push("[gateway]");
         }
-        if old.log != new.log {
+        if current.log != new.log {
             later.push("[log]");
         }
-        if old.queue != new.queue {
+        if current.queue != new.queue {
             later.push("[queue]");
         }
-        if old.uplinks != new.uplinks {
+        if current.uplinks != new.uplinks {
             later.push("[[uplinks]]");
         }
-        if old.commands != new.commands {
+        if current.commands != new.commands {
             later.push("[commands]");
         }
-        if old.http != new.http {
+        if current.http != new.http {
             later.push("[http]");
         }
-        let mut summary = done.join("; ");
+        let mut summary = if done.is_empty() {
+            "nothing to apply".to_string()
+        } else {
+            done.join("; ")
+        };
         if !later.is_empty() {
             summary.push_str(&format!(
-                "; changed but applied only at the next restart: {}",
+                "; changed, and applied only at the next restart: {}",
                 later.join(", ")
             ));
         }
         summary
-    }
-
-    /// Stops adapter `id`'s supervisor (within the adapter grace) and forgets it.
-    async fn stop_adapter(&mut self, id: &str) {
-        if let Some(s) = self.adapters.remove(id) {
-            s.stop.fire();
-            join_all_within(vec![s.task], self.opts.adapter_grace, "adapter").await;
-        }
     }
 
     /// Stops everything in the order that loses nothing, then closes the queue.
@@ -575,7 +606,7 @@ async fn join_all_within(handles: Vec<JoinHandle<()>>, grace: Duration, what: &s
 }
 
 /// Reads the config file again (for a reload): the new config, or every problem found in it.
-pub type Loader = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+pub type Loader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
 
 /// Where reload requests come from (SIGHUP, `POST /api/reload`) and how the config is read.
 pub struct Reloads {
@@ -659,19 +690,16 @@ pub async fn run(
                 crate::clock::sys::monotonic_usec()
             ));
         }
-        let outcome = match load() {
+        // Reading the file is blocking I/O (and may resolve secrets from files).
+        let load = Arc::clone(load);
+        let loaded = tokio::task::spawn_blocking(move || load())
+            .await
+            .unwrap_or_else(|e| Err(format!("reading the config failed: {e}")));
+        let outcome = match loaded {
             Err(problems) => Err(format!(
                 "the new config was refused; the running one stays:\n{problems}"
             )),
-            Ok(new) => {
-                let summary = running.reload(&current, &new).await;
-                current = new;
-                Ok(if summary.is_empty() {
-                    "nothing changed".to_string()
-                } else {
-                    summary
-                })
-            }
+            Ok(new) => Ok(running.reload(&mut current, &new).await),
         };
         match &outcome {
             Ok(summary) => tracing::info!(changes = %summary, "config reloaded"),
@@ -727,10 +755,13 @@ impl Supervisor {
         let routes = Arc::clone(&self.routes);
         let board = Arc::clone(&self.board);
         let task = tokio::spawn(async move {
-            supervise(self, shutdown).await;
-            // Commands for a stopped adapter are refused ("unknown target") from now on.
-            if let Ok(mut r) = routes.lock() {
-                r.remove(&id);
+            let mine = supervise(self, shutdown).await;
+            // Commands for a stopped adapter are refused ("unknown target") from now on; a
+            // route a newer supervisor of the same id put in is left alone.
+            if let (Ok(mut r), Some(mine)) = (routes.lock(), mine) {
+                if r.get(&id).is_some_and(|t| t.same_channel(&mine)) {
+                    r.remove(&id);
+                }
             }
             board.adapter_stopped(&id);
         });
@@ -738,8 +769,9 @@ impl Supervisor {
     }
 }
 
-/// Runs one adapter, restarting it with backoff whenever it fails, until shutdown.
-async fn supervise(s: Supervisor, mut shutdown: Shutdown) {
+/// Runs one adapter, restarting it with backoff whenever it fails, until shutdown. Returns the
+/// command route it put in last.
+async fn supervise(s: Supervisor, mut shutdown: Shutdown) -> Option<CommandSender> {
     let Supervisor {
         id,
         factory,
@@ -750,6 +782,7 @@ async fn supervise(s: Supervisor, mut shutdown: Shutdown) {
         board,
     } = s;
     let mut backoff = Backoff::new(opts.restart_min, opts.restart_max);
+    let mut mine = None;
     loop {
         let started = Instant::now();
         let outcome = match factory() {
@@ -757,8 +790,9 @@ async fn supervise(s: Supervisor, mut shutdown: Shutdown) {
             Ok(adapter) => {
                 let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(64);
                 if let Ok(mut r) = routes.lock() {
-                    r.insert(id.clone(), cmd_tx);
+                    r.insert(id.clone(), cmd_tx.clone());
                 }
+                mine = Some(cmd_tx);
                 let ctx = AdapterContext {
                     id: id.as_str().into(),
                     readings: readings.clone(),
@@ -784,7 +818,7 @@ async fn supervise(s: Supervisor, mut shutdown: Shutdown) {
                 tracing::debug!(adapter = %id, error = %why, "adapter ended during shutdown");
             }
             tracing::info!(adapter = %id, "adapter stopped");
-            return;
+            return mine;
         }
         // A long healthy run earns a fresh backoff.
         if started.elapsed() > opts.restart_max {
@@ -801,7 +835,7 @@ async fn supervise(s: Supervisor, mut shutdown: Shutdown) {
             }
         }
         tokio::select! {
-            () = shutdown.fired() => return,
+            () = shutdown.fired() => return mine,
             () = tokio::time::sleep(delay) => {}
         }
     }
@@ -877,13 +911,14 @@ async fn writer(w: Writer) -> WriterReport {
                 }
                 usize::MAX
             }
-            Some(update) = rule_updates.recv() => {
+            Some((update, ack)) = rule_updates.recv() => {
                 if let Some(r) = rules.as_mut() {
                     let mut out = Output::default();
                     r.flush(clock.wall(), &mut out);
                     push_output(&mut batch, out);
                 }
                 rules = update;
+                let _ = ack.send(());
                 usize::MAX
             }
         };
@@ -948,6 +983,9 @@ async fn writer(w: Writer) -> WriterReport {
     report
 }
 
+/// A new rules stage for the writer, and where it says it has taken it.
+type RulesUpdate = (Option<Rules>, tokio::sync::oneshot::Sender<()>);
+
 /// What the queue writer works with.
 struct Writer {
     queue: QueueHandle,
@@ -958,7 +996,7 @@ struct Writer {
     heartbeat: Arc<Heartbeat>,
     clock: Arc<dyn Clock>,
     rules: Option<Rules>,
-    rule_updates: tokio::sync::mpsc::UnboundedReceiver<Option<Rules>>,
+    rule_updates: tokio::sync::mpsc::UnboundedReceiver<RulesUpdate>,
     board: Arc<Board>,
 }
 

@@ -488,6 +488,25 @@ impl Config {
         Self::build(file, None, env)
     }
 
+    /// Only the `[http]` section of `file` (with `FIELDGATE_HTTP__*` overrides from `env`):
+    /// what `fieldgate status` and `fieldgate reload` need to reach a running gateway,
+    /// without resolving the secrets and files the rest of the config names (the gateway's
+    /// environment and user may see what a shell does not).
+    pub fn http_section(
+        file: &Path,
+        env: &[(String, String)],
+    ) -> Result<Option<HttpSection>, ConfigErrors> {
+        let loaded = load::load(file, None, env)?;
+        let mut c = loaded.collector;
+        let raw = loaded.value.as_dict().and_then(|d| d.get("http")).cloned();
+        let http = raw.and_then(|v| c.extract::<HttpSection>(&v, &KeyPath::default().key("http")));
+        if c.errors.is_empty() {
+            Ok(http)
+        } else {
+            Err(ConfigErrors(c.errors))
+        }
+    }
+
     /// Loads and validates TOML `text` as if it were the contents of `file`.
     pub fn from_toml(
         file: &Path,

@@ -3,7 +3,10 @@
 //!
 //! [`serve`] accepts connections until it is dropped or shut down; each connection runs as
 //! its own task, owned by the accept loop, so stopping the server also cuts every
-//! connection — the way a server that crashes looks to a client.
+//! connection — the way a server that crashes looks to a client. A client gets
+//! [`HEADER_TIMEOUT`] to send its request head, and at most [`MAX_CONNECTIONS`] are served
+//! at once (more are closed at once), so idle or slow clients cannot use up the process's
+//! file descriptors, which the uplinks need.
 
 pub mod ingest;
 pub mod pki;
@@ -19,6 +22,12 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+
+/// How long a client has to send a request's head.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// A request handler: one response per request.
 pub trait Handler: Send + Sync + 'static {
@@ -46,6 +55,10 @@ pub async fn serve(
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
+        if connections.len() >= MAX_CONNECTIONS {
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let handler = Arc::clone(&handler);
         let acceptor = acceptor.clone();
@@ -54,7 +67,9 @@ pub async fn serve(
                 let handler = Arc::clone(&handler);
                 async move { Ok::<_, Infallible>(handler.handle(req).await) }
             });
-            let http = hyper::server::conn::http1::Builder::new();
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
             match acceptor {
                 None => {
                     let _ = http.serve_connection(TokioIo::new(stream), service).await;

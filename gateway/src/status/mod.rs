@@ -3,8 +3,8 @@
 //! `fieldgate status` prints.
 //!
 //! The pipeline feeds one [`Board`]: each adapter's supervisor says when its adapter starts,
-//! fails and stops; the queue writer shows it every reading (one lock per batch, before the
-//! rules stage, so the page shows what the devices said); each forwarder keeps its uplink's
+//! fails and stops; the queue writer shows it every reading (one lock per chunk it takes off
+//! the channel, before the rules stage, so the page shows what the devices said); each forwarder keeps its uplink's
 //! [`UplinkLive`] counters. A request takes a [`Snapshot`] of the board plus the queue's own
 //! stats, and renders it as [`metrics`], JSON or [`text`].
 //!
@@ -231,7 +231,8 @@ impl Board {
         }
     }
 
-    /// Adapter `id` was removed from the config by a reload: it leaves the board.
+    /// Adapter `id` was stopped by a reload (removed, or restarted with a new section): it
+    /// leaves the board with its points; a restarted one comes back when it starts.
     pub fn adapter_removed(&self, id: &str) {
         let mut inner = lock(&self.inner);
         if let Some(a) = inner.adapters.remove(id) {
@@ -244,7 +245,8 @@ impl Board {
         lock(&self.inner).uplinks.insert(id.to_string(), live);
     }
 
-    /// The readings the writer just received (before the rules stage).
+    /// The readings the writer just received (before the rules stage). Readings of adapters
+    /// the board does not know (one a reload removed, still in the channel) are ignored.
     pub fn observe(&self, readings: &[Reading], now: SystemTime) {
         if readings.is_empty() {
             return;
@@ -253,12 +255,8 @@ impl Board {
         let inner = &mut *guard;
         inner.readings += readings.len() as u64;
         for r in readings {
-            let a = match inner.adapters.get_mut(r.source.as_str()) {
-                Some(a) => a,
-                None => inner
-                    .adapters
-                    .entry(r.source.as_str().to_string())
-                    .or_default(),
+            let Some(a) = inner.adapters.get_mut(r.source.as_str()) else {
+                continue;
             };
             a.readings += 1;
             match &r.quality {
@@ -328,12 +326,14 @@ impl Board {
     }
 
     /// A snapshot, with the queue's `stats` (or why they could not be read) and whether the
-    /// pipeline is alive (`alive`: the writer beats and the queue answers).
+    /// pipeline is alive (`alive`: the writer beats and the queue answers); the devices and
+    /// their points' last values only with `points`.
     pub fn snapshot(
         &self,
         stats: Result<&QueueStats, String>,
         max_bytes: Option<u64>,
         alive: bool,
+        points: bool,
         now: SystemTime,
     ) -> Snapshot {
         let inner = lock(&self.inner);
@@ -351,6 +351,7 @@ impl Board {
                 devices: a
                     .devices
                     .iter()
+                    .filter(|_| points)
                     .map(|(device, points)| DeviceStatus {
                         id: device.as_str().to_string(),
                         points: points

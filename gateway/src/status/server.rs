@@ -12,6 +12,11 @@
 //!
 //! With `[http] token`, every path but the two probes needs `Authorization: Bearer <token>`
 //! (or `?token=<token>`, for a browser; the page passes it on to its API calls).
+//!
+//! Against web pages the operator has open in the same browser: without a token, a request
+//! must name the host by an IP address or `localhost` (a DNS-rebinding page names its own
+//! domain), and a reload must come as `Content-Type: application/json` without a foreign
+//! `Origin` (a form on another site can send neither).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::Board;
 use crate::httpd::{self, Handler};
 use crate::queue::QueueHandle;
+use crate::queue::QueueStats;
 use crate::watchdog::Heartbeat;
 
 /// The status page.
@@ -44,7 +50,7 @@ pub struct ReloadRequest {
 }
 
 /// What the endpoint serves from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Endpoint {
     /// The live status.
     pub board: Arc<Board>,
@@ -58,23 +64,88 @@ pub struct Endpoint {
     pub reloads: Option<mpsc::Sender<ReloadRequest>>,
     /// `[http] token`.
     pub token: Option<String>,
+    /// The last queue stats, shared by requests that come within a second of each other
+    /// (and only one query at a time: probes must not queue up ahead of the writer).
+    pub stats: Arc<tokio::sync::Mutex<Option<CachedStats>>>,
+}
+
+/// Queue stats and when they were read.
+pub type CachedStats = (tokio::time::Instant, Result<QueueStats, String>);
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("max_bytes", &self.max_bytes)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Endpoint {
-    /// A snapshot of the board and the queue now.
-    pub async fn snapshot(&self) -> super::Snapshot {
-        let stats = match tokio::time::timeout(Duration::from_secs(2), self.queue.stats()).await {
-            Ok(Ok(s)) => Ok(s),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("the queue did not answer within 2 s".to_string()),
+    /// A snapshot of the board and the queue now (`points`: with every point's last value;
+    /// the probes and metrics do without).
+    pub async fn snapshot(&self, points: bool) -> super::Snapshot {
+        let stats = {
+            let mut cached = self.stats.lock().await;
+            match &*cached {
+                Some((at, s)) if at.elapsed() < Duration::from_secs(1) => s.clone(),
+                _ => {
+                    let s = match tokio::time::timeout(Duration::from_secs(2), self.queue.stats())
+                        .await
+                    {
+                        Ok(Ok(s)) => Ok(s),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("the queue did not answer within 2 s".to_string()),
+                    };
+                    *cached = Some((tokio::time::Instant::now(), s.clone()));
+                    s
+                }
+            }
         };
         let alive = stats.is_ok() && self.heartbeat.writer_age() < STALL;
         self.board.snapshot(
             stats.as_ref().map_err(Clone::clone),
             self.max_bytes,
             alive,
+            points,
             SystemTime::now(),
         )
+    }
+
+    /// Without a token, the `Host` must be an IP address or `localhost` (DNS rebinding).
+    fn host_ok(&self, req: &Request<Incoming>) -> bool {
+        if self.token.is_some() {
+            return true;
+        }
+        let Some(host) = req
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+        else {
+            return true; // HTTP/1.0 clients; browsers always send it
+        };
+        let name = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+        };
+        name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+    }
+
+    /// A reload must not be something a page on another site can send.
+    fn reload_ok(req: &Request<Incoming>) -> bool {
+        let header =
+            |name: hyper::header::HeaderName| req.headers().get(name).and_then(|h| h.to_str().ok());
+        let json =
+            header(hyper::header::CONTENT_TYPE).is_some_and(|t| t.starts_with("application/json"));
+        let same_origin = match (header(hyper::header::ORIGIN), header(hyper::header::HOST)) {
+            (None, _) => true,
+            (Some(origin), Some(host)) => origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                .is_some_and(|o| o == host),
+            (Some(_), None) => false,
+        };
+        json && same_origin
     }
 
     fn authorized(&self, req: &Request<Incoming>) -> bool {
@@ -85,7 +156,9 @@ impl Endpoint {
             .headers()
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
         let query = req
             .uri()
             .query()
@@ -98,9 +171,16 @@ impl Endpoint {
 
     async fn answer(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path().to_string();
+        if !self.host_ok(&req) {
+            return typed(
+                421,
+                "text/plain; charset=utf-8",
+                "name this gateway by its IP address or localhost, or set [http] token\n",
+            );
+        }
         match (req.method(), path.as_str()) {
             (&Method::GET, "/healthz") => {
-                let s = self.snapshot().await;
+                let s = self.snapshot(false).await;
                 if s.alive {
                     typed(200, "text/plain; charset=utf-8", "alive\n")
                 } else {
@@ -108,7 +188,7 @@ impl Endpoint {
                 }
             }
             (&Method::GET, "/readyz") => {
-                let s = self.snapshot().await;
+                let s = self.snapshot(false).await;
                 if s.ready {
                     typed(200, "text/plain; charset=utf-8", "ready\n")
                 } else {
@@ -133,20 +213,25 @@ impl Endpoint {
             }
             (&Method::GET, "/") => typed(200, "text/html; charset=utf-8", PAGE),
             (&Method::GET, "/api/status") => {
-                let s = self.snapshot().await;
+                let s = self.snapshot(true).await;
                 match serde_json::to_vec(&s) {
                     Ok(body) => typed(200, "application/json", body),
                     Err(e) => httpd::text(500, e.to_string()),
                 }
             }
             (&Method::GET, "/metrics") => {
-                let s = self.snapshot().await;
+                let s = self.snapshot(false).await;
                 typed(
                     200,
                     super::metrics::CONTENT_TYPE,
                     super::metrics::render(&s),
                 )
             }
+            (&Method::POST, "/api/reload") if !Self::reload_ok(&req) => typed(
+                403,
+                "text/plain; charset=utf-8",
+                "a reload is sent with Content-Type: application/json and no foreign Origin (`fieldgate reload` does)\n",
+            ),
             (&Method::POST, "/api/reload") => {
                 let Some(reloads) = &self.reloads else {
                     return httpd::text(503, "this gateway does not reload\n");
@@ -170,7 +255,7 @@ impl Endpoint {
             }
             _ => httpd::text(
                 404,
-                "not found: try /, /api/status, /metrics, /healthz or /readyz\n",
+                "not found: try /, /api/status, /metrics, /healthz, /readyz or POST /api/reload\n",
             ),
         }
     }

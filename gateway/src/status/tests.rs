@@ -89,7 +89,7 @@ fn board() -> Arc<Board> {
 #[test]
 fn a_snapshot_counts_readings_and_keeps_each_points_last_value() {
     let b = board();
-    let s = b.snapshot(Ok(&stats()), Some(1 << 20), true, at(30));
+    let s = b.snapshot(Ok(&stats()), Some(1 << 20), true, true, at(30));
     assert_eq!(s.gateway.id, "site-7");
     let ids: Vec<&str> = s.adapters.iter().map(|a| a.id.as_str()).collect();
     assert_eq!(ids, ["meter", "tanks"]);
@@ -141,12 +141,12 @@ fn an_uplink_that_fails_or_whose_link_is_down_makes_the_gateway_not_ready() {
     let b = board();
     let live = Arc::new(UplinkLive::default());
     b.add_uplink("backup", Arc::clone(&live));
-    let s = b.snapshot(Ok(&stats()), None, true, at(30));
+    let s = b.snapshot(Ok(&stats()), None, true, true, at(30));
     assert_eq!(s.uplinks[0].connected, None, "not used yet: unknown");
     assert!(s.ready);
 
     live.failed("HTTP 503");
-    let s = b.snapshot(Ok(&stats()), None, true, at(31));
+    let s = b.snapshot(Ok(&stats()), None, true, true, at(31));
     assert_eq!(s.uplinks[0].connected, Some(false));
     assert!(!s.ready && s.alive);
     assert!(s
@@ -158,11 +158,11 @@ fn an_uplink_that_fails_or_whose_link_is_down_makes_the_gateway_not_ready() {
     let (tx, rx) = watch::channel(LinkState::Up);
     live.watch_link(rx);
     assert_eq!(
-        b.snapshot(Ok(&stats()), None, true, at(32)).uplinks[0].connected,
+        b.snapshot(Ok(&stats()), None, true, true, at(32)).uplinks[0].connected,
         Some(true)
     );
     tx.send_replace(LinkState::Down(Some("connection refused".into())));
-    let s = b.snapshot(Ok(&stats()), None, true, at(33));
+    let s = b.snapshot(Ok(&stats()), None, true, true, at(33));
     assert_eq!(s.uplinks[0].connected, Some(false));
     assert_eq!(
         s.uplinks[0].last_error.as_deref(),
@@ -170,7 +170,7 @@ fn an_uplink_that_fails_or_whose_link_is_down_makes_the_gateway_not_ready() {
     );
 
     // A stalled pipeline or an unreadable queue is neither alive nor ready.
-    let s = b.snapshot(Err("disk I/O error".into()), None, false, at(34));
+    let s = b.snapshot(Err("disk I/O error".into()), None, false, true, at(34));
     assert!(!s.alive && !s.ready);
     assert_eq!(s.queue, None);
     assert!(s.problems.iter().any(|p| p == "queue: disk I/O error"));
@@ -179,11 +179,13 @@ fn an_uplink_that_fails_or_whose_link_is_down_makes_the_gateway_not_ready() {
 #[test]
 fn points_past_the_cap_are_counted_not_listed_and_a_removed_adapter_frees_its_points() {
     let b = Board::new("g");
+    b.adapter_started("a");
+    b.adapter_started("b");
     let many: Vec<Reading> = (0..MAX_POINTS + 5)
         .map(|i| reading("a", "d", &format!("p{i}"), Value::I64(1), Quality::Good, 0))
         .collect();
     b.observe(&many, at(0));
-    let s = b.snapshot(Ok(&QueueStats::default()), None, true, at(1));
+    let s = b.snapshot(Ok(&QueueStats::default()), None, true, true, at(1));
     assert_eq!(s.adapters[0].devices[0].points.len(), MAX_POINTS);
     assert_eq!(s.untracked_points, 5);
     assert_eq!(s.adapters[0].readings, (MAX_POINTS + 5) as u64);
@@ -192,7 +194,7 @@ fn points_past_the_cap_are_counted_not_listed_and_a_removed_adapter_frees_its_po
         &[reading("a", "d", "p0", Value::I64(9), Quality::Good, 2)],
         at(2),
     );
-    let s = b.snapshot(Ok(&QueueStats::default()), None, true, at(3));
+    let s = b.snapshot(Ok(&QueueStats::default()), None, true, true, at(3));
     let p0 = s.adapters[0].devices[0]
         .points
         .iter()
@@ -200,10 +202,14 @@ fn points_past_the_cap_are_counted_not_listed_and_a_removed_adapter_frees_its_po
     assert_eq!(p0.map(|p| p.value.clone()), Some(serde_json::json!(9)));
     b.adapter_removed("a");
     b.observe(
-        &[reading("b", "d", "x", Value::I64(1), Quality::Good, 4)],
+        &[
+            reading("b", "d", "x", Value::I64(1), Quality::Good, 4),
+            // A reading the removed adapter left in the channel does not bring it back.
+            reading("a", "d", "late", Value::I64(1), Quality::Good, 4),
+        ],
         at(4),
     );
-    let s = b.snapshot(Ok(&QueueStats::default()), None, true, at(5));
+    let s = b.snapshot(Ok(&QueueStats::default()), None, true, true, at(5));
     assert_eq!(s.adapters.len(), 1);
     assert_eq!(
         s.adapters[0].devices[0].points.len(),
@@ -218,7 +224,7 @@ fn history_takes_a_sample_every_five_seconds_and_keeps_ten_minutes() {
     for t in 0..(HISTORY as u64 * 5 + 50) {
         b.sample(at(t));
     }
-    let s = b.snapshot(Ok(&stats()), None, true, at(1000));
+    let s = b.snapshot(Ok(&stats()), None, true, true, at(1000));
     assert_eq!(s.history.len(), HISTORY);
     let gaps: Vec<f64> = s.history.windows(2).map(|w| w[1].t - w[0].t).collect();
     assert!(gaps.iter().all(|g| (*g - 5.0).abs() < 1e-6), "{gaps:?}");
@@ -231,6 +237,7 @@ fn history_takes_a_sample_every_five_seconds_and_keeps_ten_minutes() {
 #[test]
 fn metrics_have_help_and_type_for_every_family_and_escape_labels() {
     let b = board();
+    b.adapter_started("we\"ird\\id");
     b.observe(
         &[reading(
             "we\"ird\\id",
@@ -243,7 +250,7 @@ fn metrics_have_help_and_type_for_every_family_and_escape_labels() {
         at(12),
     );
     b.reloaded(false, "bad key", at(25));
-    let text = metrics::render(&b.snapshot(Ok(&stats()), Some(1000), true, at(30)));
+    let text = metrics::render(&b.snapshot(Ok(&stats()), Some(1000), true, true, at(30)));
     let has = |line: &str| text.lines().any(|l| l == line);
     for line in [
         "fieldgate_adapter_readings_total{adapter=\"tanks\"} 4",
@@ -292,7 +299,7 @@ fn a_snapshot_survives_json_and_prints_for_a_terminal() {
     for t in [0, 5, 10, 15, 20, 25, 30] {
         b.sample(at(t));
     }
-    let mut s = b.snapshot(Ok(&stats()), Some(1 << 20), true, at(30));
+    let mut s = b.snapshot(Ok(&stats()), Some(1 << 20), true, true, at(30));
     // A start time with a short binary fraction: serde_json's float parsing is exact for it.
     s.gateway.started = s.gateway.now - 100.0;
     let json = serde_json::to_string(&s).expect("json");

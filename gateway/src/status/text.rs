@@ -169,7 +169,11 @@ pub fn render(s: &Snapshot) -> String {
             );
         }
     }
-    o
+    // Text values, reasons and errors come from devices and far sides: no control characters
+    // reach the terminal.
+    o.chars()
+        .map(|c| if c.is_control() && c != '\n' { '?' } else { c })
+        .collect()
 }
 
 /// `secs` as a short span: `42s`, `3m12s`, `5h03m`, `2d04h`.
