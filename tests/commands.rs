@@ -226,28 +226,6 @@ fn runtime() -> tokio::runtime::Runtime {
 
 const TANK: (&str, &str) = ("tanks", "tank-1");
 
-/// A Modbus TCP device in the test, on a free port: unit 1 with a level of 2.5 m in input
-/// register 0 (centimetres).
-fn modbus_device(
-    rt: &tokio::runtime::Runtime,
-) -> (
-    fieldgate_modbus::sim::SimServer,
-    fieldgate_modbus::sim::TcpHandle,
-    std::net::SocketAddr,
-) {
-    let server = fieldgate_modbus::sim::SimServer::new(&[1]);
-    server.set_input(1, 0, &[250]);
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let handle = {
-        let _rt = rt.enter();
-        server.serve_tcp(listener)
-    };
-    (server, handle, addr)
-}
-
 /// The tank's section: a setpoint holding register limited to 1–4 m, a pump coil, and the
 /// level, which is read-only.
 fn tank_adapter(addr: std::net::SocketAddr) -> String {
@@ -296,7 +274,7 @@ fn write_cmd(id: &str, point: &str, value: Value) -> Value {
 fn modbus_writes_are_executed_read_back_refused_and_audited() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = runtime();
-    let (server, _serving, addr) = modbus_device(&rt);
+    let (server, _serving, addr) = common::modbus_device(&rt);
     let broker = Mosquitto::start(dir.path(), None);
     let cloud = Cloud::new(&broker);
     let cfg = site(dir.path(), &broker, &tank_adapter(addr));
@@ -449,7 +427,7 @@ fn modbus_writes_are_executed_read_back_refused_and_audited() {
 fn a_command_delivered_twice_back_to_back_runs_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = runtime();
-    let (server, _serving, addr) = modbus_device(&rt);
+    let (server, _serving, addr) = common::modbus_device(&rt);
     let broker = Mosquitto::start(dir.path(), None);
     let cloud = Cloud::new(&broker);
     let cfg = site(dir.path(), &broker, &tank_adapter(addr));

@@ -210,27 +210,6 @@ fn the_status_endpoint_serves_probes_metrics_json_and_the_page_behind_its_token(
     assert!(String::from_utf8_lossy(&out.stderr).contains("no gateway answers"));
 }
 
-/// A Modbus TCP level sensor in the test process, on a free port.
-fn modbus_device(
-    rt: &tokio::runtime::Runtime,
-) -> (
-    fieldgate_modbus::sim::SimServer,
-    fieldgate_modbus::sim::TcpHandle,
-    SocketAddr,
-) {
-    let server = fieldgate_modbus::sim::SimServer::new(&[1]);
-    server.set_input(1, 0, &[250]);
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let handle = {
-        let _rt = rt.enter();
-        server.serve_tcp(listener)
-    };
-    (server, handle, addr)
-}
-
 fn tank(addr: SocketAddr) -> String {
     format!(
         r#"
@@ -267,7 +246,7 @@ interval = "100ms"
 #[test]
 fn reload_applies_a_valid_config_keeps_unchanged_adapters_connected_and_refuses_a_bad_one() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let (_server, device, modbus) = modbus_device(&rt);
+    let (_server, device, modbus) = common::modbus_device(&rt);
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();

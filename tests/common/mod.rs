@@ -143,6 +143,28 @@ pub fn signal(pid: u32, signal: &str) {
 
 pub mod mqtt;
 
+/// A Modbus TCP device in the test, on a free port: unit 1 with a level of 2.5 m in input
+/// register 0 (centimetres).
+pub fn modbus_device(
+    rt: &tokio::runtime::Runtime,
+) -> (
+    fieldgate_modbus::sim::SimServer,
+    fieldgate_modbus::sim::TcpHandle,
+    std::net::SocketAddr,
+) {
+    let server = fieldgate_modbus::sim::SimServer::new(&[1]);
+    server.set_input(1, 0, &[250]);
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let handle = {
+        let _rt = rt.enter();
+        server.serve_tcp(listener)
+    };
+    (server, handle, addr)
+}
+
 /// A site with a simulator (`points` TOML) and one MQTT uplink (`uplink` TOML body, without
 /// `id`/`type`), its state in `dir`.
 pub fn mqtt_site(dir: &Path, points: &str, uplink: &str) -> PathBuf {
