@@ -9,7 +9,7 @@
 #   deploy/cross-build.sh --profile release armv7  # another cargo profile
 #
 # The default profile is `dist` (root Cargo.toml: release with opt-level "s"), which the .debs
-# use too: release (opt-level 3) makes an 11.1 MB aarch64 binary, dist an 8.2 MB one
+# use too: release (opt-level 3) makes an 11.6 MB aarch64 binary, dist an 8.4 MB one
 # (docs/deploy.md has the sizes and the speed cost).
 # Binaries land in $CARGO_TARGET_DIR (default: target/)/<triple>/<profile>/fieldgate and .debs in
 # .../<triple>/debian/. The script prints the stripped size of each binary.

@@ -86,6 +86,7 @@ expect "prerm stops it" grep -q 'deb-systemd-invoke stop .*fieldgate.service' "$
 expect "postrm purges state" grep -q 'rm -rf "${DPKG_ROOT:-}/var/lib/fieldgate"' "$work/control/postrm"
 expect "Depends has adduser" sh -c "dpkg-deb -f '$deb' Depends | grep -q adduser"
 expect "Depends has libc6" sh -c "dpkg-deb -f '$deb' Depends | grep -q libc6"
+expect "Depends has no architecture qualifiers (libc6:arm64)" sh -c "! dpkg-deb -f '$deb' Depends | grep -q ':'"
 for s in postinst prerm postrm; do expect "$s parses (sh -n)" sh -n "$work/control/$s"; done
 
 # ---- 3. unpacked files ----------------------------------------------------------------------------
