@@ -15,7 +15,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use crate::broker::{Broker, BrokerOptions};
 use crate::config::{Config, ConfigErrors};
-use crate::pipeline::{self, PipelineError};
+use crate::pipeline::{self, AbortOnDrop, PipelineError};
 use crate::uplink::mqtt::parse_url;
 use fieldgate_lorawan::sim::run_smart_poles;
 use fieldgate_modbus::sim::{water_tank, PtyBus, SimServer};
@@ -140,7 +140,7 @@ pub fn site_config(
 #[derive(Default)]
 struct SimDevices {
     _tanks: Option<TankBus>,
-    _station: Option<AbortOnDrop>,
+    _station: Option<AbortOnDrop<()>>,
     _stop: Option<fieldgate_adapter::ShutdownTrigger>,
 }
 
@@ -148,15 +148,6 @@ struct SimDevices {
 /// config names its address; the simulated forwarder needs to know it up front).
 fn free_udp_port() -> std::io::Result<SocketAddr> {
     std::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?.local_addr()
-}
-
-/// A task aborted when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Three simulated tanks (units 1-3) on a pseudo-terminal; stops when dropped.

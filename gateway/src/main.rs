@@ -278,20 +278,10 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
             let Some((http, addr)) = endpoint(&config.config, env) else {
                 return Ok(ExitCode::from(2));
             };
-            let rt = runtime()?;
-            let answer = rt.block_on(status::client::request(
-                addr,
-                "GET",
-                "/api/status",
-                http.token.as_deref(),
-                Duration::from_secs(5),
-            ));
-            let (code, body) = match answer {
-                Ok(a) => a,
-                Err(e) => {
-                    eprintln!("no gateway answers on http://{addr} ({e}): is it running with this config?");
-                    return Ok(ExitCode::FAILURE);
-                }
+            let Some((code, body)) =
+                ask(&http, addr, "GET", "/api/status", Duration::from_secs(5))?
+            else {
+                return Ok(ExitCode::FAILURE);
             };
             if code != 200 {
                 eprintln!("http://{addr}/api/status answered {code}: {}", body.trim());
@@ -317,30 +307,20 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
                 eprintln!("without [http], send the gateway SIGHUP instead: `systemctl reload fieldgate` or `kill -HUP <pid>`");
                 return Ok(ExitCode::from(2));
             };
-            let rt = runtime()?;
-            match rt.block_on(status::client::request(
-                addr,
-                "POST",
-                "/api/reload",
-                http.token.as_deref(),
-                Duration::from_secs(60),
-            )) {
-                Ok((200, body)) => {
+            match ask(&http, addr, "POST", "/api/reload", Duration::from_secs(60))? {
+                Some((200, body)) => {
                     println!("reloaded: {}", body.trim());
                     Ok(ExitCode::SUCCESS)
                 }
-                Ok((422, body)) => {
+                Some((422, body)) => {
                     eprintln!("not reloaded: {}", body.trim());
                     Ok(ExitCode::from(2))
                 }
-                Ok((code, body)) => {
+                Some((code, body)) => {
                     eprintln!("not reloaded ({code}): {}", body.trim());
                     Ok(ExitCode::FAILURE)
                 }
-                Err(e) => {
-                    eprintln!("no gateway answers on http://{addr} ({e}): is it running with this config?");
-                    Ok(ExitCode::FAILURE)
-                }
+                None => Ok(ExitCode::FAILURE),
             }
         }
         Command::Config(ConfigCommand::Template) => {
@@ -707,6 +687,29 @@ fn signals() -> anyhow::Result<(Shutdown, ReloadChannel)> {
         std::process::exit(130);
     });
     Ok((shutdown, (reload_tx, reload_rx)))
+}
+
+/// One request to the status endpoint at `addr`: its status code and body, or `None` (said
+/// why) when no gateway answers.
+fn ask(
+    http: &fieldgate::config::HttpSection,
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<Option<(u16, String)>> {
+    let answer = runtime()?.block_on(status::client::request(
+        addr,
+        method,
+        path,
+        http.token.as_deref(),
+        timeout,
+    ));
+    Ok(answer
+        .map_err(|e| {
+            eprintln!("no gateway answers on http://{addr} ({e}): is it running with this config?")
+        })
+        .ok())
 }
 
 /// The `[http]` section of `file` and the address to reach it at; says why not without one.

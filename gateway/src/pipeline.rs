@@ -296,19 +296,6 @@ pub async fn start_with(
     }));
 
     let routes: CommandRoutes = Arc::default();
-    let mut running_adapters = BTreeMap::new();
-    for (id, factory) in parts.adapters {
-        let s = Supervisor {
-            id: id.clone(),
-            factory,
-            readings: tx.clone(),
-            routes: Arc::clone(&routes),
-            state: Arc::clone(&state),
-            opts: opts.clone(),
-            board: Arc::clone(&board),
-        };
-        running_adapters.insert(id, s.spawn());
-    }
     if let Some(inbox) = parts.commands {
         let audit = {
             let apath = path.clone();
@@ -329,10 +316,10 @@ pub async fn start_with(
         };
         forwarders.push(tokio::spawn(router.run(inbox, fwd_shutdown.clone())));
     }
-    Ok(Running {
+    let mut running = Running {
         queue,
         opts,
-        adapters: running_adapters,
+        adapters: BTreeMap::new(),
         readings: Some(tx),
         state,
         writer_abort,
@@ -343,7 +330,11 @@ pub async fn start_with(
         heartbeat,
         board,
         rules: rules_tx,
-    })
+    };
+    for (id, factory) in parts.adapters {
+        running.spawn_adapter(id, factory);
+    }
+    Ok(running)
 }
 
 /// The rules stage `config` describes, if it has any rule or alert.
@@ -459,19 +450,8 @@ impl Running {
                 new.alerts.len()
             ));
         }
-        if let Some(readings) = &self.readings {
-            for a in starting {
-                let s = Supervisor {
-                    id: a.id.clone(),
-                    factory: adapter_factory(new, a),
-                    readings: readings.clone(),
-                    routes: Arc::clone(&self.routes),
-                    state: Arc::clone(&self.state),
-                    opts: self.opts.clone(),
-                    board: Arc::clone(&self.board),
-                };
-                self.adapters.insert(a.id.clone(), s.spawn());
-            }
+        for a in starting {
+            self.spawn_adapter(a.id.clone(), adapter_factory(new, a));
         }
         if unchanged > 0 {
             done.push(format!("{unchanged} adapter(s) unchanged"));
@@ -479,25 +459,17 @@ impl Running {
         current.adapters.clone_from(&new.adapters);
         current.rules.clone_from(&new.rules);
         current.alerts.clone_from(&new.alerts);
-        let mut later = Vec::new();
-        if current.gateway != new.gateway {
-            later.push("[gateway]");
-        }
-        if current.log != new.log {
-            later.push("[log]");
-        }
-        if current.queue != new.queue {
-            later.push("[queue]");
-        }
-        if current.uplinks != new.uplinks {
-            later.push("[[uplinks]]");
-        }
-        if current.commands != new.commands {
-            later.push("[commands]");
-        }
-        if current.http != new.http {
-            later.push("[http]");
-        }
+        let later: Vec<&str> = [
+            ("[gateway]", current.gateway != new.gateway),
+            ("[log]", current.log != new.log),
+            ("[queue]", current.queue != new.queue),
+            ("[[uplinks]]", current.uplinks != new.uplinks),
+            ("[commands]", current.commands != new.commands),
+            ("[http]", current.http != new.http),
+        ]
+        .into_iter()
+        .filter_map(|(section, changed)| changed.then_some(section))
+        .collect();
         let mut summary = if done.is_empty() {
             "nothing to apply".to_string()
         } else {
@@ -510,6 +482,23 @@ impl Running {
             ));
         }
         summary
+    }
+
+    /// Starts supervising adapter `id` (unless the gateway is stopping).
+    fn spawn_adapter(&mut self, id: String, factory: AdapterFactory) {
+        let Some(readings) = &self.readings else {
+            return;
+        };
+        let s = Supervisor {
+            id: id.clone(),
+            factory,
+            readings: readings.clone(),
+            routes: Arc::clone(&self.routes),
+            state: Arc::clone(&self.state),
+            opts: self.opts.clone(),
+            board: Arc::clone(&self.board),
+        };
+        self.adapters.insert(id, s.spawn());
     }
 
     /// Stops everything in the order that loses nothing, then closes the queue.
@@ -842,7 +831,8 @@ async fn supervise(s: Supervisor, mut shutdown: Shutdown) -> Option<CommandSende
 }
 
 /// Aborts a task when dropped.
-struct AbortOnDrop<T>(JoinHandle<T>);
+#[derive(Debug)]
+pub(crate) struct AbortOnDrop<T>(pub(crate) JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
