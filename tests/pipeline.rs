@@ -117,7 +117,7 @@ fn json_logs_are_json() {
 #[test]
 fn demo_delivers_readings_within_seconds() {
     let out = fieldgate()
-        .args(["demo", "--duration", "3s"])
+        .args(["demo", "--duration", "3s", "--status-port", "0"])
         .output()
         .expect("demo runs");
     assert!(
@@ -189,7 +189,15 @@ fn notifies_systemd_when_ready_and_pings_the_watchdog() {
 /// What `fieldgate demo --site <site>` prints in 4 s; it must exit cleanly.
 fn demo(site: &str) -> String {
     let out = fieldgate()
-        .args(["demo", "--site", site, "--duration", "4s"])
+        .args([
+            "demo",
+            "--site",
+            site,
+            "--duration",
+            "4s",
+            "--status-port",
+            "0",
+        ])
         .output()
         .expect("demo runs");
     assert!(
@@ -238,7 +246,15 @@ fn water_tank_demo_reads_three_modbus_tanks_over_rtu() {
 #[test]
 fn water_tank_demo_shows_commands_and_an_alert_raised_and_cleared() {
     let out = fieldgate()
-        .args(["demo", "--site", "water-tank", "--duration", "50s"])
+        .args([
+            "demo",
+            "--site",
+            "water-tank",
+            "--duration",
+            "50s",
+            "--status-port",
+            "0",
+        ])
         .output()
         .expect("demo runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

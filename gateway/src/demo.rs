@@ -181,6 +181,7 @@ pub async fn run(
     site: Site,
     duration: Option<Duration>,
     broker: Option<String>,
+    status_port: u16,
     mut shutdown: Shutdown,
 ) -> Result<(), DemoError> {
     let dir = tempfile::Builder::new()
@@ -277,9 +278,9 @@ pub async fn run(
         Err(e) => return Err(DemoError::Broker(e)),
     };
     let running = pipeline::start(&config).await?;
-    // The status page, on the usual port if it is free.
+    // The status page, on the asked port if it is free.
     let mut page = None;
-    for port in [8686, 0] {
+    for port in [status_port, 0] {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         if let Ok((addr, task)) = running.serve_status(&config, addr, None, None).await {
             println!("status page: http://{addr}/  (metrics: http://{addr}/metrics)\n");

@@ -67,6 +67,10 @@ enum Command {
         /// poles behind a simulated packet forwarder).
         #[arg(long, value_enum, default_value = "pump-station")]
         site: DemoSite,
+        /// Port of the status page on 127.0.0.1 (0: any free port; when 8686 is taken, the
+        /// demo takes a free one).
+        #[arg(long, default_value_t = 8686)]
+        status_port: u16,
     },
     /// Measure the queue and the pipeline at full rate beside a bare rusqlite loop.
     Bench {
@@ -361,6 +365,7 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
             duration,
             broker,
             site,
+            status_port,
         } => {
             init_logging(
                 rust_log.as_deref().unwrap_or("warn"),
@@ -374,7 +379,7 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
                     DemoSite::WeatherStation => demo::Site::WeatherStation,
                     DemoSite::SmartPole => demo::Site::SmartPole,
                 };
-                demo::run(site, duration, broker, signals()?.0).await?;
+                demo::run(site, duration, broker, status_port, signals()?.0).await?;
                 anyhow::Ok(ExitCode::SUCCESS)
             })
         }
