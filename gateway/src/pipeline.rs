@@ -24,15 +24,15 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::clock::{Clock, ClockStamp, SystemClock};
+use crate::clock::{Clock, SystemClock};
 use crate::command::{CommandRoutes, Inbound, Router};
 use crate::config::{AdapterConfig, AdapterSection, Config};
 use crate::queue::{Batch, Queue, QueueError, QueueHandle, SqliteState};
 use crate::rules::{Output, Rules};
 use crate::status::server::{Endpoint, ReloadRequest};
 use crate::status::Board;
+use crate::uplink::sleep_until_opt;
 use crate::uplink::{self, ForwarderOptions, Uplink};
-use crate::uplink::{sleep_or_shutdown, sleep_until_opt};
 use crate::watchdog::{Heartbeat, SystemdNotify};
 
 /// Builds a fresh adapter; called again after every failure.
@@ -66,6 +66,9 @@ pub struct PipelineOptions {
     pub restart_max: Duration,
     /// The clocks (the system's; tests inject a fake).
     pub clock: Arc<dyn Clock>,
+    /// After the queue's disk was full, how long commits must work before the
+    /// `queue_disk_full` alert clears.
+    pub disk_clear_after: Duration,
 }
 
 impl Default for PipelineOptions {
@@ -77,6 +80,7 @@ impl Default for PipelineOptions {
             restart_min: Duration::from_secs(1),
             restart_max: Duration::from_secs(60),
             clock: SystemClock::shared(),
+            disk_clear_after: Duration::from_secs(60),
         }
     }
 }
@@ -293,6 +297,7 @@ pub async fn start_with(
         rules: rules_for(config),
         rule_updates,
         board: Arc::clone(&board),
+        disk_clear_after: opts.disk_clear_after,
     }));
 
     let routes: CommandRoutes = Arc::default();
@@ -871,16 +876,22 @@ async fn writer(w: Writer) -> WriterReport {
         mut rules,
         mut rule_updates,
         board,
+        disk_clear_after,
     } = w;
-    let mut report = WriterReport::default();
+    let mut committer = commit::Committer::new(
+        queue,
+        abort.clone(),
+        Arc::clone(&heartbeat),
+        Arc::clone(&clock),
+        Arc::clone(&board),
+        flush_interval,
+        disk_clear_after,
+    );
     let mut incoming: Vec<Reading> = Vec::with_capacity(batch_size);
     let mut batch = Batch {
         readings: Vec::with_capacity(batch_size),
         alerts: Vec::new(),
     };
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-    let mut full_logged = false;
-    let mut refused_log = crate::throttle::Throttle::new(Duration::from_secs(10));
     // The writer beats while it waits and after every commit; stuck in a commit, it stops
     // beating and the systemd watchdog stops being pinged.
     let mut beat = tokio::time::interval(crate::watchdog::WRITER_BEAT);
@@ -889,8 +900,19 @@ async fn writer(w: Writer) -> WriterReport {
     loop {
         heartbeat.writer_beat();
         let rules_due = rules_deadline(rules.as_ref(), &*clock);
+        // Alerts a full disk left in the batch (`drop_newest`) are tried again even when no
+        // reading comes.
+        let held_due = (!batch.is_empty()).then(|| Instant::now() + flush_interval.max(HELD_RETRY));
+        // A disk that was full: once it has been quiet for long enough, an idle writer sees
+        // whether it takes writes again (a busy one finds out with its next commit).
+        let clear_due = committer.disk_clear_due().filter(|_| batch.is_empty());
         let got = tokio::select! {
             n = rx.recv_many(&mut incoming, batch_size) => n,
+            () = sleep_until_opt(held_due) => usize::MAX,
+            () = sleep_until_opt(clear_due) => {
+                committer.try_clear().await;
+                continue;
+            }
             () = abort.fired() => 0,
             _ = beat.tick() => continue,
             () = sleep_until_opt(rules_due) => {
@@ -937,24 +959,13 @@ async fn writer(w: Writer) -> WriterReport {
             }
         }
         if !batch.is_empty() {
-            commit(
-                &queue,
-                &mut batch,
-                &mut report,
-                &mut abort,
-                &heartbeat,
-                &*clock,
-                flush_interval,
-                &mut backoff,
-                &mut full_logged,
-                &mut refused_log,
-            )
-            .await;
+            committer.commit(&mut batch).await;
         }
         if abort.is_fired() || closed {
             break;
         }
     }
+    let mut report = committer.report;
     if abort.is_fired() {
         // Count what could not be committed: the batch in hand and what is still queued up.
         rx.close();
@@ -973,6 +984,9 @@ async fn writer(w: Writer) -> WriterReport {
     report
 }
 
+/// How soon alerts held in memory by a full disk are tried again, at the least.
+const HELD_RETRY: Duration = Duration::from_millis(500);
+
 /// A new rules stage for the writer, and where it says it has taken it.
 type RulesUpdate = (Option<Rules>, tokio::sync::oneshot::Sender<()>);
 
@@ -988,6 +1002,7 @@ struct Writer {
     rules: Option<Rules>,
     rule_updates: tokio::sync::mpsc::UnboundedReceiver<RulesUpdate>,
     board: Arc<Board>,
+    disk_clear_after: Duration,
 }
 
 /// Shows the readings in `incoming` to the status board, then passes them through the rules
@@ -1030,72 +1045,6 @@ fn rules_deadline(rules: Option<&Rules>, clock: &dyn Clock) -> Option<Instant> {
     Some(Instant::now() + wait)
 }
 
-/// Commits `batch`, retrying until it works: the readings stay in memory meanwhile, and the
-/// bounded channel holds the adapters back. Returns with `batch` empty, or when `abort` fired.
-#[allow(clippy::too_many_arguments)] // the writer's loop state, split out for readability
-async fn commit(
-    queue: &QueueHandle,
-    batch: &mut Batch,
-    report: &mut WriterReport,
-    abort: &mut Shutdown,
-    heartbeat: &Heartbeat,
-    clock: &dyn Clock,
-    flush_interval: Duration,
-    backoff: &mut Backoff,
-    full_logged: &mut bool,
-    refused_log: &mut crate::throttle::Throttle,
-) {
-    loop {
-        let n = batch.len() as u64;
-        let stamp = ClockStamp::now(clock);
-        let (result, back) = queue.append_stamped(std::mem::take(batch), stamp).await;
-        *batch = back;
-        match result {
-            Ok(outcome) => {
-                if outcome.dropped_newest > 0 {
-                    report.refused += outcome.dropped_newest;
-                    report.committed += n - outcome.dropped_newest;
-                    if let Some(n) =
-                        refused_log.hit(outcome.dropped_newest, std::time::Instant::now())
-                    {
-                        tracing::error!(
-                            dropped = n,
-                            "queue full: refused new readings (when_full = \"drop_newest\")"
-                        );
-                    }
-                } else {
-                    report.committed += n;
-                }
-                if *full_logged {
-                    tracing::info!("queue has room again");
-                    *full_logged = false;
-                }
-                backoff.reset();
-                batch.clear();
-                return;
-            }
-            Err(QueueError::Full { used, max }) => {
-                if !*full_logged {
-                    tracing::warn!(used_bytes = used, max_bytes = max, "queue full: holding adapters back until uplinks make room (when_full = \"block\")");
-                    *full_logged = true;
-                }
-                heartbeat.writer_beat();
-                if sleep_or_shutdown(flush_interval, abort).await {
-                    return;
-                }
-            }
-            Err(e) => {
-                let delay = backoff.next_delay();
-                tracing::error!(error = %e, readings = batch.len(), retry_in = ?delay, "cannot commit readings; holding them in memory");
-                heartbeat.writer_beat();
-                if sleep_or_shutdown(delay, abort).await {
-                    return;
-                }
-            }
-        }
-    }
-}
-
 /// Every second: drops readings older than `queue.max_age`, and moves the dead letters
 /// `fieldgate queue requeue` asked for back into the queue.
 /// Also takes the status board's throughput samples.
@@ -1118,5 +1067,6 @@ async fn upkeep(queue: QueueHandle, board: Arc<Board>, mut shutdown: Shutdown) {
     }
 }
 
+mod commit;
 #[cfg(test)]
 mod tests;

@@ -910,3 +910,174 @@ heartbeat = "5m"
         "deadband and heartbeat"
     );
 }
+
+/// A run into a queue whose disk fills up (SQLite's `max_page_count` a few pages above the
+/// database's size: writes then fail with `SQLITE_FULL`, as on `ENOSPC`), then gets room
+/// again. The uplink is down while the disk is full, then delivers everything.
+async fn disk_full_run(when_full: &str) -> (WriterReport, Vec<Queued>, crate::queue::QueueStats) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(
+        dir.path(),
+        &format!("flush_interval = \"10ms\"\nbatch_size = 50\nwhen_full = \"{when_full}\""),
+    );
+    let rec = Recorder::default();
+    rec.down.store(true, Ordering::SeqCst);
+    let parts = Parts {
+        commands: None,
+        adapters: vec![("a".into(), counter_adapter("a", 20_000))],
+        uplinks: vec![(uplink_opts("rec"), Box::new(rec.clone()))],
+    };
+    let opts = PipelineOptions {
+        disk_clear_after: Duration::from_millis(300),
+        ..fast()
+    };
+    let running = start_with(&cfg, parts, opts).await.expect("starts");
+    // Both in one call: the writer cannot commit between them (a cap at the current size
+    // would be a full disk too soon).
+    let (size, cap) = running
+        .queue
+        .with(|q| {
+            let size = q.set_page_limit(1)?;
+            Ok((size, q.set_page_limit(size + 24)?))
+        })
+        .await
+        .expect("cap");
+    assert_eq!(cap, size + 24);
+    let board = running.board();
+    wait_until("the writer sees the disk full", || board.disk().0.is_some()).await;
+    let path = cfg.queue_path();
+    let stats = || {
+        Inspector::open(&path)
+            .expect("inspect")
+            .stats()
+            .expect("stats")
+    };
+    match when_full {
+        "drop_oldest" => wait_until("oldest dropped for room", || stats().dropped_oldest > 0).await,
+        "drop_newest" => wait_until("newest refused", || board.disk().1 > 0).await,
+        _ => {
+            let before = stats().appended;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(
+                stats().appended,
+                before,
+                "block: nothing is appended while full"
+            );
+        }
+    }
+    assert!(
+        board
+            .snapshot(Ok(&stats()), None, true, false, SystemTime::now())
+            .problems
+            .iter()
+            .any(|p| p.contains("disk is full")),
+        "the status page says so"
+    );
+    // Space comes back (an operator deleted a file); the link comes back.
+    running
+        .queue
+        .with(|q| q.set_page_limit(1 << 30))
+        .await
+        .expect("uncap");
+    rec.down.store(false, Ordering::SeqCst);
+    let items = Arc::clone(&rec.items);
+    let cleared = move || {
+        items.lock().expect("lock").iter().any(|q| {
+            q.alert
+                .as_ref()
+                .is_some_and(|a| a.state == crate::queue::AlertState::Cleared)
+        })
+    };
+    wait_until("the disk-full alert clears", cleared).await;
+    wait_until("every reading delivered, dropped or refused", || {
+        let delivered = rec
+            .items
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|q| q.alert.is_none())
+            .count();
+        delivered as u64 + stats().dropped_oldest + board.disk().1 >= 20_000
+    })
+    .await;
+    assert!(board.disk().0.is_none(), "the page no longer shows it");
+    let report = running.stop().await.expect("stops");
+    let stats = stats();
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
+    assert_eq!(check, "ok", "a full disk never corrupts the queue");
+    let items = rec.items.lock().expect("lock").clone();
+    (report, items, stats)
+}
+
+/// The disk-full alerts delivered, in order: (state, value).
+fn disk_alerts(items: &[Queued]) -> Vec<(crate::queue::AlertState, Value)> {
+    items
+        .iter()
+        .filter_map(|q| {
+            let a = q.alert.as_ref()?;
+            assert_eq!(a.rule.as_str(), "queue_disk_full");
+            assert_eq!(a.severity, crate::queue::Severity::Critical);
+            assert_eq!(q.reading.source.as_str(), "fieldgate");
+            Some((a.state, q.reading.value.clone()))
+        })
+        .collect()
+}
+
+fn raised_then_cleared() -> Vec<(crate::queue::AlertState, Value)> {
+    use crate::queue::AlertState::{Cleared, Raised};
+    vec![(Raised, Value::Bool(true)), (Cleared, Value::Bool(false))]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_drops_the_oldest_raises_an_alert_and_recovers() {
+    let (report, items, stats) = disk_full_run("drop_oldest").await;
+    assert_eq!(disk_alerts(&items), raised_then_cleared());
+    assert!(stats.dropped_oldest > 0);
+    assert_eq!(report.refused, 0);
+    assert_eq!(
+        report.committed,
+        20_000 + 2,
+        "every reading and both alerts were committed (the oldest later dropped)"
+    );
+    let readings: Vec<u64> = items
+        .iter()
+        .filter(|q| q.alert.is_none())
+        .map(|q| q.seq)
+        .collect();
+    assert_eq!(
+        readings.len() as u64 + stats.dropped_oldest,
+        20_000,
+        "what was not dropped was delivered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_the_newest_but_keeps_the_alert() {
+    let (report, items, stats) = disk_full_run("drop_newest").await;
+    assert_eq!(disk_alerts(&items), raised_then_cleared());
+    assert!(report.refused > 0);
+    assert_eq!(stats.dropped_oldest, 0);
+    let readings = items.iter().filter(|q| q.alert.is_none()).count() as u64;
+    assert_eq!(
+        readings + report.refused,
+        20_000,
+        "refused or delivered, nothing else"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_blocks_and_loses_nothing() {
+    let (report, items, stats) = disk_full_run("block").await;
+    assert_eq!(disk_alerts(&items), raised_then_cleared());
+    assert_eq!((report.refused, stats.dropped_oldest), (0, 0));
+    let values: Vec<Value> = items
+        .iter()
+        .filter(|q| q.alert.is_none())
+        .map(|q| q.reading.value.clone())
+        .collect();
+    let want: Vec<Value> = (0..20_000).map(Value::I64).collect();
+    assert_eq!(values, want, "every reading, in order");
+}

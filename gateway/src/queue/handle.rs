@@ -29,6 +29,28 @@ impl Batch {
         self.readings.is_empty()
     }
 
+    /// Puts an alert event first in the batch (an alert is the urgent part).
+    pub fn insert_alert_first(&mut self, reading: Reading, alert: Alert) {
+        self.readings.insert(0, reading);
+        for (i, _) in &mut self.alerts {
+            *i += 1;
+        }
+        self.alerts.insert(0, (0, alert));
+    }
+
+    /// Removes the readings that carry no alert, keeping the alerts in order. Returns how
+    /// many were removed.
+    pub fn keep_only_alerts(&mut self) -> usize {
+        let before = self.readings.len();
+        let mut kept = Vec::with_capacity(self.alerts.len());
+        for (new, (i, _)) in self.alerts.iter_mut().enumerate() {
+            kept.push(self.readings[*i].clone());
+            *i = new;
+        }
+        self.readings = kept;
+        before - self.readings.len()
+    }
+
     /// Empties it, keeping the buffers.
     pub fn clear(&mut self) {
         self.readings.clear();
@@ -47,6 +69,7 @@ pub struct QueueHandle {
     committed: watch::Sender<u64>,
     peeks: Arc<std::sync::atomic::AtomicU64>,
     instance: Arc<str>,
+    when_full: super::WhenFull,
 }
 
 impl QueueHandle {
@@ -55,7 +78,9 @@ impl QueueHandle {
         let last = queue.next_seq() - 1;
         let instance = Arc::from(queue.instance());
         let (committed, _) = watch::channel(last);
+        let when_full = queue.options().when_full;
         QueueHandle {
+            when_full,
             inner: Arc::new(Mutex::new(queue)),
             committed,
             peeks: Arc::default(),
@@ -217,6 +242,27 @@ impl QueueHandle {
     /// Re-stamps this boot's unsynced readings (see [`Queue::restamp`]).
     pub async fn restamp(&self, now: crate::clock::ClockStamp) -> Result<u64, QueueError> {
         self.with(move |q| q.restamp(&now)).await
+    }
+
+    /// What the queue does when it is full (its `when_full`).
+    pub fn when_full(&self) -> super::WhenFull {
+        self.when_full
+    }
+
+    /// On a full disk: checkpoints the WAL (see [`Queue::checkpoint`]), then, if `drop_bytes`
+    /// is not 0, drops the oldest readings worth that many bytes (see
+    /// [`Queue::drop_oldest_bytes`]). Returns how many readings were dropped.
+    pub async fn make_room(&self, drop_bytes: u64) -> Result<u64, QueueError> {
+        self.with(move |q| {
+            // A checkpoint that cannot finish (readers, or the disk) is not an error here:
+            // the delete below is what must work.
+            let _ = q.checkpoint();
+            if drop_bytes == 0 {
+                return Ok(0);
+            }
+            q.drop_oldest_bytes(drop_bytes)
+        })
+        .await
     }
 
     /// Drops readings older than `max_age`.

@@ -120,6 +120,18 @@ pub enum QueueError {
     Task(String),
 }
 
+impl QueueError {
+    /// The disk is full: SQLite's `SQLITE_FULL`, which it reports when a write fails with
+    /// `ENOSPC` (and when the database reaches its `max_page_count`).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            QueueError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
+}
+
 /// A reading with the sequence id the queue gave it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Queued {
@@ -639,6 +651,53 @@ impl Queue {
         self.next_seq = last + 1;
         outcome.seqs = Some((first, last));
         Ok(outcome)
+    }
+
+    /// Makes room on a full disk for `when_full = "drop_oldest"`: deletes the oldest readings
+    /// worth at least `at_least` bytes (whole pages must empty before SQLite can reuse them),
+    /// counted as `dropped_oldest` whatever the uplinks' positions. Returns how many; 0 when
+    /// the queue is empty.
+    ///
+    /// Freed pages go to the database's free list and take the next appends without the file
+    /// growing. The delete itself is a write: see [`Queue::checkpoint`].
+    pub fn drop_oldest_bytes(&mut self, at_least: u64) -> Result<u64, QueueError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (Some(first), Some(last)) = seq_range(&tx)? else {
+            return Ok(0);
+        };
+        let depth = last - first + 1;
+        let per_row = (used_bytes(&tx)? / depth).max(1);
+        let n = at_least.div_ceil(per_row).clamp(1, depth);
+        let dropped = Self::delete_through(&tx, first + n - 1)?;
+        tx.execute(
+            "UPDATE state SET dropped_oldest = dropped_oldest + ?1 WHERE id = 1",
+            [dropped as i64],
+        )?;
+        tx.commit()?;
+        Ok(dropped)
+    }
+
+    /// Copies the write-ahead log into the database (a passive checkpoint: it never waits for
+    /// readers). Once all of it is copied, the next write starts again at the beginning of
+    /// the WAL file, reusing its space: on a full disk, that is what lets deletes and
+    /// acknowledgements (writes too) go through.
+    pub fn checkpoint(&mut self) -> Result<(), QueueError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// Caps the database at `pages` pages (SQLite's `max_page_count`, for this connection
+    /// only): past it, writes fail with `SQLITE_FULL` as on a full disk. For tests of the
+    /// disk-full handling. Returns the cap SQLite set (never below the current size).
+    #[doc(hidden)]
+    pub fn set_page_limit(&mut self, pages: u64) -> Result<u64, QueueError> {
+        let set: i64 =
+            self.conn
+                .pragma_update_and_check(None, "max_page_count", pages as i64, |r| r.get(0))?;
+        Ok(set as u64)
     }
 
     /// Deletes enough of the oldest rows to bring live bytes under `max` with room for

@@ -222,6 +222,18 @@ pub fn render(s: &Snapshot) -> String {
         "When a send last worked, Unix seconds.",
         &|u| u.last_delivery,
     );
+    m.single(
+        "fieldgate_queue_disk_full",
+        "gauge",
+        "1 while the queue's disk is full (its when_full policy applies).",
+        f64::from(u8::from(s.disk_full_since.is_some())),
+    );
+    m.single(
+        "fieldgate_queue_disk_refused_total",
+        "counter",
+        "Readings refused because the queue's disk was full (when_full = \"drop_newest\"), since the gateway started.",
+        s.disk_refused as f64,
+    );
     if let Some(r) = &s.reload {
         m.single(
             "fieldgate_last_reload_success",

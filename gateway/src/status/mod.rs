@@ -56,6 +56,10 @@ struct Inner {
     untracked: u64,
     history: VecDeque<Sample>,
     reload: Option<ReloadStatus>,
+    /// Since when the queue's disk has been full, while it is.
+    disk_full_since: Option<SystemTime>,
+    /// Readings refused because the disk was full (`drop_newest`), since the gateway started.
+    disk_refused: u64,
 }
 
 #[derive(Debug, Default)]
@@ -292,6 +296,21 @@ impl Board {
         }
     }
 
+    /// The queue's disk filled up (`Some(since)`) or has room again (`None`); `refused` more
+    /// readings were refused for it.
+    pub fn disk_full(&self, since: Option<SystemTime>, refused: u64) {
+        let mut inner = lock(&self.inner);
+        inner.disk_full_since = since;
+        inner.disk_refused += refused;
+    }
+
+    /// Since when the queue's disk has been full, while it is, and how many readings it
+    /// refused since the gateway started.
+    pub fn disk(&self) -> (Option<SystemTime>, u64) {
+        let inner = lock(&self.inner);
+        (inner.disk_full_since, inner.disk_refused)
+    }
+
     /// Takes a throughput sample if [`SAMPLE_EVERY`] has passed since the last one (called
     /// every second by the pipeline).
     pub fn sample(&self, now: SystemTime) {
@@ -392,6 +411,12 @@ impl Board {
         if let Some(e) = &queue_error {
             problems.push(format!("queue: {e}"));
         }
+        if let Some(since) = inner.disk_full_since {
+            problems.push(format!(
+                "the queue's disk is full (for {}): its when_full policy applies; free space on the data_dir's filesystem",
+                text::span(now.duration_since(since).unwrap_or_default().as_secs_f64())
+            ));
+        }
         for u in &uplinks {
             if u.connected == Some(false) {
                 problems.push(format!(
@@ -435,6 +460,8 @@ impl Board {
             untracked_points: inner.untracked,
             history: inner.history.iter().cloned().collect(),
             reload: inner.reload.clone(),
+            disk_full_since: inner.disk_full_since.map(secs),
+            disk_refused: inner.disk_refused,
         }
     }
 }
@@ -476,6 +503,12 @@ pub struct Snapshot {
     pub history: Vec<Sample>,
     /// The last reload, if any.
     pub reload: Option<ReloadStatus>,
+    /// Since when the queue's disk has been full (Unix seconds), while it is.
+    #[serde(default)]
+    pub disk_full_since: Option<f64>,
+    /// Readings refused because the disk was full, since the gateway started.
+    #[serde(default)]
+    pub disk_refused: u64,
 }
 
 /// Who and since when. Times are Unix seconds.
