@@ -80,7 +80,7 @@ impl Default for PipelineOptions {
             restart_min: Duration::from_secs(1),
             restart_max: Duration::from_secs(60),
             clock: SystemClock::shared(),
-            disk_clear_after: Duration::from_secs(60),
+            disk_clear_after: Duration::from_secs(10),
         }
     }
 }

@@ -9,8 +9,9 @@
 //!   its alerts are kept in memory and tried again with the next batch;
 //! * `block`: the batch waits in memory, and the bounded channel holds the adapters back.
 //!
-//! Each time, the WAL is checkpointed first so its space is reused instead of grown. The
-//! first failure raises a `queue_disk_full` alert (critical) that travels ahead of the
+//! Each time, the queue first releases its disk reserve and truncates its WAL, so that its
+//! own deletes and acknowledgements can be written (see
+//! [`RESERVE_BYTES`](crate::queue::RESERVE_BYTES)). The first failure raises a `queue_disk_full` alert (critical) that travels ahead of the
 //! readings once anything can be committed; it clears once commits have worked for
 //! [`PipelineOptions::disk_clear_after`](super::PipelineOptions) without the disk filling.
 //! SQLite rolls every failed transaction back, so a full disk never corrupts the queue.
@@ -133,7 +134,7 @@ impl Committer {
                     }
                     self.backoff.reset();
                     batch.clear();
-                    if self.disk_cleared() {
+                    if self.disk_cleared().await {
                         // Sent like any alert; committed right away.
                         let (reading, alert) = disk_alert(AlertState::Cleared, self.clock.wall());
                         batch.insert_alert_first(reading, alert);
@@ -239,10 +240,14 @@ impl Committer {
     }
 
     /// After a successful commit: true once, when the disk has been fine for long enough
-    /// after being full.
-    fn disk_cleared(&mut self) -> bool {
+    /// after being full and the reserve could be written again.
+    async fn disk_cleared(&mut self) -> bool {
         match self.disk.last {
             Some(t) if t.elapsed() >= self.disk.clear_after => {
+                if !self.queue.restore_reserve().await {
+                    self.disk.last = Some(Instant::now());
+                    return false;
+                }
                 self.disk.last = None;
                 tracing::info!("disk has room again: the queue writes normally");
                 self.board.disk_full(None, 0);
@@ -261,6 +266,10 @@ impl Committer {
     /// Commits the disk-full alert's clearing on its own, which is also the test that the
     /// disk takes writes again; if it does not, the disk is still full.
     pub async fn try_clear(&mut self) {
+        if !self.queue.restore_reserve().await {
+            self.disk.last = Some(Instant::now());
+            return;
+        }
         let mut batch = Batch::default();
         let (reading, alert) = disk_alert(AlertState::Cleared, self.clock.wall());
         batch.insert_alert_first(reading, alert);

@@ -249,20 +249,30 @@ impl QueueHandle {
         self.when_full
     }
 
-    /// On a full disk: checkpoints the WAL (see [`Queue::checkpoint`]), then, if `drop_bytes`
-    /// is not 0, drops the oldest readings worth that many bytes (see
-    /// [`Queue::drop_oldest_bytes`]). Returns how many readings were dropped.
+    /// On a full disk: releases the reserve and truncates the WAL (see
+    /// [`Queue::relieve_disk`]), then, if `drop_bytes` is not 0, drops the oldest readings
+    /// worth that many bytes (see [`Queue::drop_oldest_bytes`]). Returns how many readings
+    /// were dropped.
     pub async fn make_room(&self, drop_bytes: u64) -> Result<u64, QueueError> {
         self.with(move |q| {
             // A checkpoint that cannot finish (readers, or the disk) is not an error here:
             // the delete below is what must work.
-            let _ = q.checkpoint();
+            if let Err(e) = q.relieve_disk() {
+                tracing::debug!(error = %e, "disk full: checkpoint failed");
+            }
             if drop_bytes == 0 {
                 return Ok(0);
             }
             q.drop_oldest_bytes(drop_bytes)
         })
         .await
+    }
+
+    /// Writes the disk reserve again (see [`Queue::restore_reserve`]).
+    pub async fn restore_reserve(&self) -> bool {
+        self.with(|q| Ok(q.restore_reserve()))
+            .await
+            .unwrap_or(false)
     }
 
     /// Drops readings older than `max_age`.

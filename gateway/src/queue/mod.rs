@@ -132,6 +132,27 @@ impl QueueError {
     }
 }
 
+/// Size of the reserve file kept beside the queue database (`<queue>.reserve`). On a full
+/// disk the queue deletes it, so it can still checkpoint its write-ahead log, delete rows and
+/// record acknowledgements (every one of them a write); without it, a disk filled by the WAL
+/// would leave the queue unable to free anything. It is written again once the disk has room.
+pub const RESERVE_BYTES: u64 = 1024 * 1024;
+
+/// Writes `RESERVE_BYTES` of zeros to `path` and syncs it: real blocks, not a sparse file,
+/// so the space is really held.
+fn write_reserve(path: &Path) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(path)?;
+    let chunk = vec![0u8; 64 * 1024];
+    let mut left = RESERVE_BYTES;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64);
+        f.write_all(&chunk[..n as usize])?;
+        left -= n;
+    }
+    f.sync_all()
+}
+
 /// A reading with the sequence id the queue gave it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Queued {
@@ -406,7 +427,32 @@ impl Queue {
             watermarks: BTreeMap::new(),
         };
         q.register_uplinks(uplinks)?;
+        q.restore_reserve();
         Ok(q)
+    }
+
+    /// The reserve file beside the database (see [`RESERVE_BYTES`]).
+    fn reserve_path(&self) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(".reserve");
+        PathBuf::from(name)
+    }
+
+    /// Writes the reserve file if it is missing. True if it is there afterwards; a disk too
+    /// full for it is logged and left for the next try.
+    pub fn restore_reserve(&mut self) -> bool {
+        let path = self.reserve_path();
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() >= RESERVE_BYTES) {
+            return true;
+        }
+        match write_reserve(&path) {
+            Ok(()) => true,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                tracing::warn!(path = %path.display(), error = %e, "cannot write the queue's disk reserve; the disk is nearly full");
+                false
+            }
+        }
     }
 
     fn register_uplinks(&mut self, uplinks: &[&str]) -> Result<(), QueueError> {
@@ -679,14 +725,25 @@ impl Queue {
         Ok(dropped)
     }
 
-    /// Copies the write-ahead log into the database (a passive checkpoint: it never waits for
-    /// readers). Once all of it is copied, the next write starts again at the beginning of
-    /// the WAL file, reusing its space: on a full disk, that is what lets deletes and
-    /// acknowledgements (writes too) go through.
-    pub fn checkpoint(&mut self) -> Result<(), QueueError> {
+    /// Gives a full disk room for the queue's own writes: deletes the reserve file (true if
+    /// there was one), then copies the write-ahead log into the database and truncates it.
+    /// The checkpoint needs the database file to grow by the pages the WAL changed, which the
+    /// reserve's space allows; the truncated WAL frees the rest. Deletes and acknowledgements
+    /// (writes too) then go through, and free pages for new readings.
+    pub fn relieve_disk(&mut self) -> Result<bool, QueueError> {
+        let released = std::fs::remove_file(self.reserve_path()).is_ok();
+        if released {
+            tracing::warn!(
+                bytes = RESERVE_BYTES,
+                "disk full: released the queue's disk reserve"
+            );
+        }
+        // From now on, a smaller WAL (256 KiB instead of SQLite's 4 MiB between checkpoints):
+        // on this disk, the WAL's growth is what fills it.
+        self.conn.pragma_update(None, "wal_autocheckpoint", 64)?;
         self.conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-        Ok(())
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(released)
     }
 
     /// Caps the database at `pages` pages (SQLite's `max_page_count`, for this connection

@@ -746,3 +746,47 @@ fn max_age_does_not_expire_readings_queued_under_a_wrong_clock() {
         "expires an hour after it was queued"
     );
 }
+
+#[test]
+fn the_disk_reserve_is_written_released_on_a_full_disk_and_written_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut q = open(dir.path(), QueueOptions::default(), &["u"]);
+    let reserve = dir.path().join("q.db.reserve");
+    let len = || std::fs::metadata(&reserve).map(|m| m.len()).ok();
+    assert_eq!(len(), Some(RESERVE_BYTES), "written when the queue opens");
+    q.append(&[reading("a", Value::I64(1))]).expect("append");
+    assert!(q.relieve_disk().expect("relieve"), "released");
+    assert_eq!(len(), None);
+    assert!(
+        !q.relieve_disk().expect("relieve"),
+        "nothing left to release"
+    );
+    let wal = dir.path().join("q.db-wal");
+    assert_eq!(
+        std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0),
+        0,
+        "the WAL is truncated"
+    );
+    assert!(q.restore_reserve());
+    assert_eq!(len(), Some(RESERVE_BYTES));
+    assert_eq!(q.peek(0, 10).expect("peek").len(), 1, "nothing lost");
+}
+
+#[test]
+fn dropping_for_a_full_disk_frees_whole_pages_from_the_front() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut q = open(dir.path(), QueueOptions::default(), &["u"]);
+    let batch: Vec<Reading> = (0..20_000).map(|i| reading("a", Value::I64(i))).collect();
+    q.append(&batch).expect("append");
+    let before = q.stats().expect("stats");
+    let n = q.drop_oldest_bytes(256 * 1024).expect("drop");
+    let after = q.stats().expect("stats");
+    assert!(n > 1000, "256 KiB of rows, not a handful: {n}");
+    assert_eq!(after.first_seq, Some(before.first_seq.expect("first") + n));
+    assert_eq!(after.dropped_oldest, n, "counted");
+    let conn = Connection::open(dir.path().join("q.db")).expect("open");
+    let free: i64 = conn
+        .pragma_query_value(None, "freelist_count", |r| r.get(0))
+        .expect("freelist");
+    assert!(free > 0, "whole pages were freed for new rows");
+}
