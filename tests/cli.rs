@@ -245,3 +245,55 @@ fn queue_stats_without_a_queue_says_so() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn check_warns_when_others_can_read_inline_secrets() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write(
+        dir.path(),
+        "site.toml",
+        &format!(
+            r#"
+[gateway]
+id = "perm"
+data_dir = "{}"
+[[adapters]]
+id = "sim"
+type = "simulator"
+[[adapters.devices]]
+id = "d"
+[[adapters.devices.points]]
+name = "p"
+waveform = "sine"
+interval = "1s"
+[[uplinks]]
+id = "cloud"
+type = "mqtt"
+url = "mqtt://127.0.0.1:1883"
+username = "gw"
+password = "Wr1tten-1nline-pw"
+"#,
+            dir.path().display()
+        ),
+    );
+    let check = |mode: u32| {
+        std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let out = run(&["check", "-c", cfg.to_str().expect("utf-8")]);
+        assert!(out.status.success(), "a warning, not an error");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = check(0o644);
+    assert!(
+        err.contains("warning:")
+            && err.contains("is readable by every user (mode 0644)")
+            && err.contains("uplinks[0].password")
+            && err.contains(cfg.to_str().expect("utf-8")),
+        "{err}"
+    );
+    assert!(
+        !err.contains("Wr1tten"),
+        "the warning never shows the secret"
+    );
+    assert_eq!(check(0o640), "", "group-readable is fine");
+}

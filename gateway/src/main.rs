@@ -246,6 +246,14 @@ fn load(path: &std::path::Path, env: &[(String, String)]) -> Result<Config, Exit
     })
 }
 
+/// Warnings about secrets in the config file that other users can read (see
+/// [`fieldgate::config::exposed_secrets`]).
+fn secret_warnings(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|text| fieldgate::config::exposed_secrets(path, &text))
+        .unwrap_or_default()
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         // Blocking work is SQLite (serialized by the queue's lock) and file writes: a few
@@ -267,6 +275,9 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
+            for w in secret_warnings(&arg.config) {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "{}: ok ({} adapter(s), {} uplink(s), {} rule(s), {} alert(s); queue at {})",
                 arg.config.display(),
@@ -340,6 +351,9 @@ fn dispatch(cli: Cli, env: &[(String, String)]) -> anyhow::Result<ExitCode> {
                 rust_log.as_deref().unwrap_or(&config.log.level),
                 cli.log_format.unwrap_or(config.log.format),
             );
+            for w in secret_warnings(&arg.config) {
+                tracing::warn!("{w}");
+            }
             let rt = runtime()?;
             rt.block_on(async {
                 let (shutdown, hangups) = signals()?;

@@ -20,6 +20,7 @@
 //! `#[serde(tag)]`) so that each entry's errors keep their exact key paths.
 
 mod load;
+mod perms;
 mod units;
 
 use std::collections::{BTreeMap, HashSet};
@@ -34,6 +35,7 @@ use figment::value::Value;
 use serde::Deserialize;
 
 pub use load::{ConfigError, ConfigErrors, KeyPath, Seg, ENV_PREFIX};
+pub use perms::exposed_secrets;
 pub use units::{ByteSize, Secret, SecretSource};
 
 use crate::queue::{Durability, QueueOptions, WhenFull};
