@@ -88,7 +88,10 @@ pub enum Activation {
 }
 
 /// `[[adapters.devices]]`: one LoRaWAN end device.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+///
+/// Its `Debug` shows `<redacted>` for the keys (`nwk_skey`, `app_skey`, `app_key`), and a key
+/// of the wrong type is refused without echoing it, so that neither reaches a log.
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
     /// The device id its readings carry. Default: the DevEUI in lower-case hex.
@@ -102,10 +105,10 @@ pub struct DeviceConfig {
     #[serde(default)]
     pub dev_addr: Option<String>,
     /// ABP: the network session key, 16 bytes of hex.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "key_text")]
     pub nwk_skey: Option<String>,
     /// ABP: the application session key, 16 bytes of hex.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "key_text")]
     pub app_skey: Option<String>,
     /// ABP: the last uplink frame counter the device is known to have used, for a device
     /// whose counter is already past 65535 when fieldgate first hears it (the upper 16 bits
@@ -113,7 +116,7 @@ pub struct DeviceConfig {
     #[serde(default)]
     pub fcnt_up: Option<u32>,
     /// OTAA: the root key, 16 bytes of hex.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "key_text")]
     pub app_key: Option<String>,
     /// OTAA: the JoinEUI (AppEUI) the device sends, 8 bytes of hex. Default: any.
     #[serde(default)]
@@ -125,6 +128,74 @@ pub struct DeviceConfig {
     /// `codec = "layout"`: where each value sits in the payload.
     #[serde(default)]
     pub fields: Vec<LayoutField>,
+}
+
+impl std::fmt::Debug for DeviceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = |k: &Option<String>| k.as_ref().map(|_| Redacted);
+        f.debug_struct("DeviceConfig")
+            .field("name", &self.name)
+            .field("dev_eui", &self.dev_eui)
+            .field("activation", &self.activation)
+            .field("dev_addr", &self.dev_addr)
+            .field("nwk_skey", &key(&self.nwk_skey))
+            .field("app_skey", &key(&self.app_skey))
+            .field("fcnt_up", &self.fcnt_up)
+            .field("app_key", &key(&self.app_key))
+            .field("join_eui", &self.join_eui)
+            .field("codec", &self.codec)
+            .field("fields", &self.fields)
+            .finish()
+    }
+}
+
+/// Stands in for a key in `Debug` output: prints `<redacted>`.
+#[derive(Clone, Copy)]
+pub(crate) struct Redacted;
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A key as written: a string, taken as is ([`LorawanConfig::validate`] checks its digits).
+/// Anything else is refused with an error that does not show it: serde's own message would
+/// quote a key written as a bare number ("found integer `1234…`") into `fieldgate check`'s
+/// output and the log of a refused reload.
+fn key_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    use serde::de::{Error, Unexpected, Visitor};
+    struct KeyText;
+    impl KeyText {
+        fn number<E: Error>(&self) -> E {
+            E::invalid_type(Unexpected::Other("a number"), self)
+        }
+    }
+    impl Visitor<'_> for KeyText {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("16 bytes of hex in quotes")
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_owned()))
+        }
+        fn visit_i64<E: Error>(self, _: i64) -> Result<Self::Value, E> {
+            Err(self.number())
+        }
+        fn visit_i128<E: Error>(self, _: i128) -> Result<Self::Value, E> {
+            Err(self.number())
+        }
+        fn visit_u64<E: Error>(self, _: u64) -> Result<Self::Value, E> {
+            Err(self.number())
+        }
+        fn visit_u128<E: Error>(self, _: u128) -> Result<Self::Value, E> {
+            Err(self.number())
+        }
+        fn visit_f64<E: Error>(self, _: f64) -> Result<Self::Value, E> {
+            Err(self.number())
+        }
+    }
+    d.deserialize_any(KeyText)
 }
 
 /// `[adapters.forward]`: frames of devices fieldgate does not know, queued raw (the whole
@@ -423,5 +494,65 @@ mod tests {
                 "devices[0].app_skey: has 30 hex digits; it needs 32 (16 bytes)",
             ]
         );
+    }
+
+    #[test]
+    fn keys_never_show_in_debug_output_or_in_type_errors() {
+        let cfg: LorawanConfig = serde_json::from_value(serde_json::json!({
+            "devices": [
+                {
+                    "name": "abp-1",
+                    "dev_eui": "70b3d57ed0000001",
+                    "activation": "abp",
+                    "dev_addr": "26011f01",
+                    "nwk_skey": "a1b2c3d4e5f60718293a4b5c6d7e8f90",
+                    "app_skey": "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+                },
+                {
+                    "name": "otaa-1",
+                    "dev_eui": "70b3d57ed0000002",
+                    "activation": "otaa",
+                    "app_key": "c3a5e7f9b1d3f5a7c9e1b3d5f7a9c1e3",
+                },
+            ]
+        }))
+        .expect("config");
+        assert!(cfg.validate().is_empty());
+        let net = crate::Network::new("lora".into(), &cfg, std::sync::Arc::default());
+        for shown in [format!("{cfg:?}"), format!("{cfg:#?}"), format!("{net:?}")] {
+            let lower = shown.to_lowercase();
+            for secret in [
+                "a1b2c3d4",
+                "0f1e2d3c",
+                "c3a5e7f9",
+                "161, 178, 195",
+                "15, 30, 45",
+                "195, 165, 231",
+            ] {
+                assert!(!lower.contains(secret), "`{secret}` in {shown}");
+            }
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
+        assert!(
+            format!("{cfg:?}").contains("70b3d57ed0000002"),
+            "the rest still shows"
+        );
+
+        // A key written as a bare number is refused without echoing it.
+        for bad in [
+            serde_json::json!(7_319_462_850_123_456_789_u64),
+            serde_json::json!(-7_319_462_850_123_456_i64),
+            serde_json::json!(3.25),
+        ] {
+            let e = serde_json::from_value::<DeviceConfig>(serde_json::json!({
+                "dev_eui": "70b3d57ed0000002",
+                "activation": "otaa",
+                "app_key": bad,
+            }))
+            .expect_err("a number is not a key")
+            .to_string();
+            assert!(e.contains("16 bytes of hex in quotes"), "{e}");
+            assert!(!e.contains("7319") && !e.contains("3.25"), "{e}");
+        }
     }
 }

@@ -38,7 +38,7 @@ use lorawan_encoding::parser::{
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecKind, LayoutField};
-use crate::config::{parse_hex, Activation, LorawanConfig, Prefix, Region};
+use crate::config::{parse_hex, Activation, LorawanConfig, Prefix, Redacted, Region};
 use crate::semtech::{base64_encode, DataRate, Txpk};
 
 /// How many DevNonces of a device are remembered to refuse their reuse.
@@ -175,15 +175,26 @@ impl Outcome {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct Session {
     dev_addr: u32,
     nwk_skey: [u8; 16],
     app_skey: [u8; 16],
 }
 
-/// What is stored per device (JSON in the adapter's state).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Keys never reach `Debug` output (and with it a log line or a panic message).
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("dev_addr", &format_args!("{:08x}", self.dev_addr))
+            .field("nwk_skey", &Redacted)
+            .field("app_skey", &Redacted)
+            .finish()
+    }
+}
+
+/// What is stored per device (JSON in the adapter's state). Its `Debug` hides the keys.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Stored {
     /// The DevAddr of the session the counters belong to (hex).
     #[serde(default)]
@@ -206,7 +217,22 @@ struct Stored {
     dev_nonces: Vec<u16>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = |k: &Option<String>| k.as_ref().map(|_| Redacted);
+        f.debug_struct("Stored")
+            .field("dev_addr", &self.dev_addr)
+            .field("nwk_skey", &key(&self.nwk_skey))
+            .field("app_skey", &key(&self.app_skey))
+            .field("abp_tag", &self.abp_tag)
+            .field("fcnt_up", &self.fcnt_up)
+            .field("fcnt_down", &self.fcnt_down)
+            .field("join_nonce", &self.join_nonce)
+            .field("dev_nonces", &self.dev_nonces)
+            .finish()
+    }
+}
+
 struct Device {
     name: Name,
     dev_eui: u64,
@@ -225,6 +251,30 @@ struct Device {
     points: HashMap<String, Name>,
     /// The counter of the last confirmed uplink acknowledged a second time.
     reacked: Option<u32>,
+}
+
+/// Every field but the AppKey, which shows as `<redacted>` (the session's keys too).
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("name", &self.name)
+            .field("dev_eui", &format_args!("{:016x}", self.dev_eui))
+            .field("activation", &self.activation)
+            .field("app_key", &self.app_key.map(|_| Redacted))
+            .field("join_eui", &self.join_eui)
+            .field("abp_tag", &self.abp_tag)
+            .field("codec", &self.codec)
+            .field("fields", &self.fields)
+            .field("session", &self.session)
+            .field("fcnt_up", &self.fcnt_up)
+            .field("fcnt_down", &self.fcnt_down)
+            .field("join_nonce", &self.join_nonce)
+            .field("dev_nonces", &self.dev_nonces)
+            .field("queue", &self.queue)
+            .field("points", &self.points)
+            .field("reacked", &self.reacked)
+            .finish()
+    }
 }
 
 impl Device {

@@ -18,8 +18,9 @@ use tokio::net::UdpSocket;
 
 use crate::semtech::{self, base64_decode, base64_encode};
 
-/// An ABP device (or an OTAA device after its join): it numbers and seals its uplinks.
-#[derive(Debug, Clone)]
+/// An ABP device (or an OTAA device after its join): it numbers and seals its uplinks. Its
+/// `Debug` hides the keys, like the network's.
+#[derive(Clone)]
 pub struct SimDevice {
     /// Device address.
     pub dev_addr: u32,
@@ -29,6 +30,17 @@ pub struct SimDevice {
     pub app_skey: [u8; 16],
     /// The counter of the next uplink.
     pub fcnt: u32,
+}
+
+impl std::fmt::Debug for SimDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimDevice")
+            .field("dev_addr", &format_args!("{:08x}", self.dev_addr))
+            .field("nwk_skey", &crate::config::Redacted)
+            .field("app_skey", &crate::config::Redacted)
+            .field("fcnt", &self.fcnt)
+            .finish()
+    }
 }
 
 impl SimDevice {

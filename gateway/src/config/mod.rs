@@ -84,8 +84,8 @@ pub struct HttpSection {
     /// the site LAN must see the page; then set `token` too.
     pub listen: std::net::SocketAddr,
     /// A bearer token every path but `/healthz` and `/readyz` requires (letters, digits and
-    /// `-._~`, at least 16 of them).
-    #[serde(default)]
+    /// `-._~`, at least 16 of them). A value of the wrong type is refused without being shown.
+    #[serde(default, deserialize_with = "Secret::deserialize_text")]
     pub token: Option<String>,
 }
 

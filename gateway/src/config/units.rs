@@ -171,6 +171,51 @@ impl fmt::Display for Secret {
     }
 }
 
+impl Secret {
+    /// `#[serde(default, deserialize_with = "Secret::deserialize_text")]` for an
+    /// `Option<String>` that may hold a secret (a token; an access token used as MQTT
+    /// username): a string is taken as is, anything else is refused without showing it.
+    /// serde's own message would quote a token written without quotes ("found integer
+    /// `1234…`") into `fieldgate check`'s output and the log of a refused reload.
+    pub fn deserialize_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        secret_text(d)
+    }
+}
+
+fn secret_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct V;
+    impl V {
+        fn number<E: de::Error>(&self) -> E {
+            E::invalid_type(de::Unexpected::Other("a number"), self)
+        }
+    }
+    impl de::Visitor<'_> for V {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Err(self.number())
+        }
+        fn visit_i128<E: de::Error>(self, _: i128) -> Result<Self::Value, E> {
+            Err(self.number())
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Err(self.number())
+        }
+        fn visit_u128<E: de::Error>(self, _: u128) -> Result<Self::Value, E> {
+            Err(self.number())
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Err(self.number())
+        }
+    }
+    d.deserialize_any(V)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,5 +277,24 @@ mod tests {
             Secret("x".into())
         );
         assert!(!shown.contains("s3cret") && !shown.contains('x'), "{shown}");
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_refused_without_showing_it() {
+        #[derive(Debug, Deserialize)]
+        struct T {
+            #[serde(default, deserialize_with = "Secret::deserialize_text")]
+            token: Option<String>,
+        }
+        let ok: T = serde_json::from_str(r#"{"token":"t0k3n"}"#).expect("a string");
+        assert_eq!(ok.token.as_deref(), Some("t0k3n"));
+        let none: T = serde_json::from_str("{}").expect("absent");
+        assert_eq!(none.token, None);
+        for bad in ["7319462850123456789", "-73194628501", "7319.4628"] {
+            let e = serde_json::from_str::<T>(&format!(r#"{{"token":{bad}}}"#))
+                .expect_err("a number")
+                .to_string();
+            assert!(e.contains("a number") && !e.contains("7319"), "{e}");
+        }
     }
 }

@@ -69,6 +69,16 @@ impl Delivery {
 /// reading of the batch not listed in [`Delivery::rejected`], or with the reason it did not.
 pub type Pending = BoxFuture<'static, Result<Delivery, SendError>>;
 
+/// True if the authority of `url` (after `scheme://`, up to the first `/`, `?` or `#`)
+/// holds an `@`: a user name, maybe with a password. The uplinks refuse such urls without
+/// quoting them, since they print their url in errors and logs.
+pub(crate) fn has_userinfo(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split(['/', '?', '#'])
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
+}
+
 /// A [`Pending`] that is already settled.
 pub fn settled(result: Result<Delivery, SendError>) -> Pending {
     Box::pin(std::future::ready(result))

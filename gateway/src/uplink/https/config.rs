@@ -21,7 +21,7 @@ pub struct HttpsUplinkConfig {
     pub url: String,
     /// Extra request headers. A value is a string, `{ file = "..." }` or `{ env = "VAR" }`
     /// (an API key, say); values are never logged.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secret_headers")]
     pub headers: BTreeMap<String, SecretSource>,
     /// `Authorization: Bearer <token>`: inline, `{ file = "..." }` or `{ env = "VAR" }`.
     #[serde(default)]
@@ -75,6 +75,48 @@ pub struct HttpsUplinkConfig {
     /// `/responses`; needs `commands_url`.
     #[serde(default)]
     pub responses_url: Option<String>,
+}
+
+/// `headers` must be a table; anything else is refused without showing it (serde's own
+/// message would quote `headers = "X-Api-Key: <the key>"` into `fieldgate check`'s output).
+fn secret_headers<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, SecretSource>, D::Error> {
+    use serde::de::{Error, MapAccess, Unexpected, Visitor};
+    struct Headers;
+    impl Headers {
+        fn refuse<E: Error>(&self, what: &'static str) -> E {
+            E::invalid_type(Unexpected::Other(what), self)
+        }
+    }
+    impl<'de> Visitor<'de> for Headers {
+        type Value = BTreeMap<String, SecretSource>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a table of header names and values, like { \"X-Api-Key\" = { env = \"API_KEY\" } }")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            BTreeMap::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+        fn visit_str<E: Error>(self, _: &str) -> Result<Self::Value, E> {
+            Err(self.refuse("a string"))
+        }
+        fn visit_i64<E: Error>(self, _: i64) -> Result<Self::Value, E> {
+            Err(self.refuse("a number"))
+        }
+        fn visit_i128<E: Error>(self, _: i128) -> Result<Self::Value, E> {
+            Err(self.refuse("a number"))
+        }
+        fn visit_u64<E: Error>(self, _: u64) -> Result<Self::Value, E> {
+            Err(self.refuse("a number"))
+        }
+        fn visit_u128<E: Error>(self, _: u128) -> Result<Self::Value, E> {
+            Err(self.refuse("a number"))
+        }
+        fn visit_f64<E: Error>(self, _: f64) -> Result<Self::Value, E> {
+            Err(self.refuse("a number"))
+        }
+    }
+    d.deserialize_any(Headers)
 }
 
 const fn default_timeout() -> Duration {
@@ -406,7 +448,17 @@ impl HttpsUplinkConfig {
 }
 
 /// Parses the http(s) url `text` of `key`; problems go to `p`.
+///
+/// A url with credentials (`https://user:pass@host`) is refused first, and without quoting
+/// it: the other errors quote the url.
 fn http_url(key: &str, text: &str, p: &mut Vec<ConfigProblem>) -> Option<reqwest::Url> {
+    if crate::uplink::has_userinfo(text) {
+        p.push(ConfigProblem::new(
+            key,
+            "must not hold credentials (`user:password@`); use username/password or bearer_token",
+        ));
+        return None;
+    }
     match reqwest::Url::parse(text) {
         Ok(u) if matches!(u.scheme(), "https" | "http") && u.host_str().is_some() => {
             if !u.username().is_empty() || u.password().is_some() {
@@ -652,5 +704,30 @@ mod tests {
             }
         );
         assert_eq!(s.idempotency_header, None);
+    }
+
+    #[test]
+    fn secrets_in_the_url_or_in_malformed_headers_are_never_echoed() {
+        for url in [
+            "https://site:pw-8Hk2@ingest.example.com/in",
+            "https://site:pw-8Hk2@/in",
+            "https://site:pw-8Hk2@127.0.0.1:99999/in",
+            "ftp://site:pw-8Hk2@ingest.example.com/in",
+        ] {
+            let got = settings(&format!("url = \"{url}\"")).expect_err("refused");
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert_eq!(got[0].0, "url");
+            assert!(got[0].1.starts_with("must not hold credentials"), "{got:?}");
+            assert!(!got[0].1.contains("pw-8Hk2"), "{got:?}");
+        }
+        for headers in [
+            r#"headers = "X-Api-Key: key-8Hk2""#,
+            "headers = 7319462850123456789",
+        ] {
+            let e = HttpsUplinkConfig::from_toml(&format!("url = \"https://x/\"\n{headers}"))
+                .expect_err("headers must be a table");
+            assert!(!e.contains("8Hk2") && !e.contains("7319"), "{e}");
+            assert!(e.contains("a table of header names and values"), "{e}");
+        }
     }
 }

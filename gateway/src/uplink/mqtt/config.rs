@@ -1,6 +1,7 @@
 //! `[[uplinks]] type = "mqtt"`: the section, its cloud presets, and its validation into
 //! concrete [`MqttSettings`].
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,8 +11,10 @@ use serde::Deserialize;
 use crate::config::{ByteSize, Secret, SecretSource};
 use crate::uplink::tls::TlsFiles;
 
-/// The `type = "mqtt"` section as written.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// The `type = "mqtt"` section as written. Its `Debug` hides the secrets: `password` and
+/// `sas_key` are [`SecretSource`]s, and `username` is redacted with the ThingsBoard preset
+/// (where it is the access token).
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttUplinkConfig {
     /// `mqtt://host[:1883]` or `mqtts://host[:8883]`.
@@ -22,8 +25,9 @@ pub struct MqttUplinkConfig {
     /// MQTT client id; default `fieldgate-<gateway id>` (the device id for Azure).
     #[serde(default)]
     pub client_id: Option<String>,
-    /// Username, if the broker wants one (the access token for ThingsBoard).
-    #[serde(default)]
+    /// Username, if the broker wants one (the access token for ThingsBoard, so it is
+    /// handled like a secret: never shown by `Debug` with that preset, nor echoed in errors).
+    #[serde(default, deserialize_with = "Secret::deserialize_text")]
     pub username: Option<String>,
     /// Password: inline, `{ file = "..." }` or `{ env = "VAR" }`.
     #[serde(default)]
@@ -114,6 +118,68 @@ pub struct MqttUplinkConfig {
     pub sas_ttl: Duration,
 }
 
+impl fmt::Debug for MqttUplinkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let username = shown_username(self.username.as_deref(), self.preset == Preset::Thingsboard);
+        f.debug_struct("MqttUplinkConfig")
+            .field("url", &self.url)
+            .field("preset", &self.preset)
+            .field("client_id", &self.client_id)
+            .field("username", &username)
+            .field("password", &self.password)
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .field("keep_alive", &self.keep_alive)
+            .field("clean_session", &self.clean_session)
+            .field("qos", &self.qos)
+            .field("topic", &self.topic)
+            .field("mode", &self.mode)
+            .field("value_format", &self.value_format)
+            .field("max_readings_per_message", &self.max_readings_per_message)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_packet_size", &self.max_packet_size)
+            .field("max_publish_rate", &self.max_publish_rate)
+            .field("inflight", &self.inflight)
+            .field("status_topic", &self.status_topic)
+            .field("alert_topic", &self.alert_topic)
+            .field("command_topic", &self.command_topic)
+            .field("response_topic", &self.response_topic)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("ack_timeout", &self.ack_timeout)
+            .field("device_id", &self.device_id)
+            .field("sas_key", &self.sas_key)
+            .field("sas_ttl", &self.sas_ttl)
+            .finish()
+    }
+}
+
+/// The username as `Debug` shows it: `<redacted>` when it is an access token.
+fn shown_username(username: Option<&str>, is_token: bool) -> Option<ShownUsername<'_>> {
+    username.map(|u| {
+        if is_token {
+            ShownUsername::Token
+        } else {
+            ShownUsername::Name(u)
+        }
+    })
+}
+
+enum ShownUsername<'a> {
+    Name(&'a str),
+    Token,
+}
+
+impl fmt::Debug for ShownUsername<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ShownUsername::Name(u) => fmt::Debug::fmt(u, f),
+            ShownUsername::Token => f.write_str("<redacted>"),
+        }
+    }
+}
+
 /// Cloud presets: defaults and checks for a known broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -202,8 +268,9 @@ pub struct AzureSas {
     pub ttl: Duration,
 }
 
-/// Everything the MQTT uplink needs, validated and resolved.
-#[derive(Debug, Clone, PartialEq)]
+/// Everything the MQTT uplink needs, validated and resolved. Its `Debug` hides the secrets
+/// (`password`, the Azure key, and `username` when it is a ThingsBoard access token).
+#[derive(Clone, PartialEq)]
 pub struct MqttSettings {
     /// The url as configured, for messages.
     pub url: String,
@@ -263,6 +330,45 @@ pub struct MqttSettings {
     pub azure: Option<AzureSas>,
 }
 
+impl fmt::Debug for MqttSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let username = shown_username(
+            self.username.as_deref(),
+            self.body == BodyFormat::Thingsboard,
+        );
+        f.debug_struct("MqttSettings")
+            .field("url", &self.url)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("client_id", &self.client_id)
+            .field("username", &username)
+            .field("password", &self.password)
+            .field("ca_file", &self.ca_file)
+            .field("client_auth", &self.client_auth)
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .field("keep_alive", &self.keep_alive)
+            .field("clean_session", &self.clean_session)
+            .field("qos", &self.qos)
+            .field("topic", &self.topic)
+            .field("mode", &self.mode)
+            .field("value_format", &self.value_format)
+            .field("body", &self.body)
+            .field("max_readings_per_message", &self.max_readings_per_message)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_packet_size", &self.max_packet_size)
+            .field("max_publish_rate", &self.max_publish_rate)
+            .field("inflight", &self.inflight)
+            .field("status_topic", &self.status_topic)
+            .field("alert_topic", &self.alert_topic)
+            .field("commands", &self.commands)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("ack_timeout", &self.ack_timeout)
+            .field("azure", &self.azure)
+            .finish()
+    }
+}
+
 const PLACEHOLDERS: &[&str] = &["{gateway}", "{adapter}", "{device}", "{point}"];
 
 /// Checks a topic template: known placeholders only, no wildcards, and `{point}` only in
@@ -313,7 +419,16 @@ fn fixed_topic(t: &str, gateway: &str) -> Result<String, String> {
 }
 
 /// Parses `mqtt://host:port` / `mqtts://host:port`.
+///
+/// A url with a user name or password in it (`mqtt://user:pass@host`) is refused, and that
+/// error does not quote it: the other errors quote the url, and a connected uplink logs it.
 pub fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
+    if crate::uplink::has_userinfo(url) {
+        return Err(
+            "must not hold a user name or password (`user:password@`); use the username and password keys"
+                .into(),
+        );
+    }
     let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
         (true, r)
     } else if let Some(r) = url.strip_prefix("mqtt://") {

@@ -184,3 +184,45 @@ fn passwords_never_show_in_debug_output() {
     );
     assert!(!format!("{s:?}").contains("hunter2"));
 }
+
+#[test]
+fn a_thingsboard_access_token_never_shows_in_debug_output() {
+    let text = "preset = \"thingsboard\"\nurl = \"mqtt://tb.lan\"\nusername = \"tb-token-4Xq9\"";
+    let s = ok(text);
+    assert_eq!(s.username.as_deref(), Some("tb-token-4Xq9"));
+    for shown in [format!("{s:?}"), format!("{:?}", section(text))] {
+        assert!(
+            !shown.contains("4Xq9") && shown.contains("username: Some(<redacted>)"),
+            "{shown}"
+        );
+    }
+    // Any other username is not a secret, and stays visible.
+    let s = ok("url = \"mqtt://b\"\nusername = \"site-7\"\npassword = \"pw\"");
+    assert!(format!("{s:?}").contains("\"site-7\""), "{s:?}");
+    // An access token written without quotes is refused without being echoed.
+    let e = MqttUplinkConfig::from_toml(
+        "preset = \"thingsboard\"\nurl = \"mqtt://tb.lan\"\nusername = 7319462850123456789",
+    )
+    .expect_err("a number");
+    assert!(!e.contains("7319"), "{e}");
+}
+
+#[test]
+fn credentials_in_the_url_are_refused_without_being_quoted() {
+    for url in [
+        "mqtt://gw:pw-8Hk2@broker.lan:1883",
+        "mqtt://gw:pw-8Hk2@broker.lan",
+        "mqtts://gw:pw-8Hk2@[::1]:8883/",
+        "ws://gw:pw-8Hk2@broker.lan",
+    ] {
+        let got = problems(&format!("url = \"{url}\""));
+        assert!(
+            got.iter()
+                .any(|p| p.starts_with("url: must not hold a user name or password")),
+            "{url}: {got:?}"
+        );
+        assert!(got.iter().all(|p| !p.contains("pw-8Hk2")), "{got:?}");
+    }
+    // An `@` in a path-like part is not userinfo.
+    assert!(parse_url("mqtt://broker.lan:1883/").is_ok());
+}
