@@ -51,6 +51,8 @@ struct Shared {
     pending: VecDeque<(u64, Tracker)>,
     /// Written QoS 1 publishes waiting for their PUBACK.
     inflight: HashMap<u16, Tracker>,
+    /// PUBACKs received since the uplink started.
+    acks: u64,
 }
 
 impl Shared {
@@ -509,6 +511,7 @@ async fn connection(
         }
         state.send_replace(LinkState::Up);
         let connected_at = tokio::time::Instant::now();
+        let acks_before = shared.lock().map_or(0, |sh| sh.acks);
         let lost = run(
             &mut el,
             &shared,
@@ -529,9 +532,11 @@ async fn connection(
                 return;
             }
             Some(why) => {
-                // A connection that stayed up a while earns a fresh backoff; a broker that
-                // accepts and drops at once keeps backing off.
-                if connected_at.elapsed() > Duration::from_secs(60) {
+                // A connection that stayed up a while, or that delivered (a PUBACK came),
+                // earns a fresh backoff: a broker restarted every 30 s must not push the
+                // wait towards a minute. One that accepts and drops at once keeps backing off.
+                let delivered = shared.lock().is_ok_and(|sh| sh.acks > acks_before);
+                if delivered || connected_at.elapsed() > Duration::from_secs(60) {
                     backoff.reset();
                 }
                 let delay = backoff.next_delay();
@@ -591,6 +596,7 @@ async fn run(
                 }
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
                     if let Ok(mut sh) = shared.lock() {
+                        sh.acks += 1;
                         if let Some(t) = sh.inflight.remove(&ack.pkid) {
                             let _ = t.send(Ok(()));
                         }
