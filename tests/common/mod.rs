@@ -14,6 +14,19 @@ pub fn fieldgate() -> Command {
     cmd
 }
 
+/// [`fieldgate`] without any `FIELDGATE_*` variable of the test's own environment: the
+/// gateway takes every one as a config override (and refuses unknown keys), so settings of a
+/// test itself, like the soak's `FIELDGATE_SOAK_SECS`, must not reach it.
+pub fn fieldgate_isolated() -> Command {
+    let mut cmd = fieldgate();
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("FIELDGATE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
 /// Runs `fieldgate ARGS` to completion.
 pub fn run(args: &[&str]) -> Output {
     fieldgate().args(args).output().expect("fieldgate runs")
@@ -116,6 +129,52 @@ pub fn start_with_env(cfg: &Path, env: &[(&str, &str)]) -> Gateway {
 /// Starts `fieldgate run -c cfg`, its log on a pipe for [`stop`].
 pub fn start(cfg: &Path) -> Gateway {
     start_with_env(cfg, &[])
+}
+
+/// Starts `fieldgate run -c cfg` with its log appended to the file `log` instead of a pipe
+/// (for long runs, where nobody reads a pipe until the end and a full one would block the
+/// gateway), and without the test's `FIELDGATE_*` variables ([`fieldgate_isolated`]). Stop
+/// it with [`Gateway::terminate`] (or drop it: SIGKILL).
+pub fn start_logged(cfg: &Path, log: &Path) -> Gateway {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open the gateway's log file");
+    Gateway(Some(
+        fieldgate_isolated()
+            .args(["run", "-c", cfg.to_str().expect("utf-8")])
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("gateway starts"),
+    ))
+}
+
+impl Gateway {
+    /// The exit status if the process has already exited (does not wait).
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Stops it with SIGTERM and waits up to `secs` seconds for it to exit. Returns its exit
+    /// status, or `None` if it was still running then (it is SIGKILLed when dropped).
+    pub fn terminate(mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        let pid = self.pid();
+        if let Some(status) = self.try_exit() {
+            return Some(status);
+        }
+        signal(pid, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if let Some(status) = self.try_exit() {
+                self.0 = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
 }
 
 /// Stops a gateway from [`start`] with SIGTERM, checks it exited cleanly, and returns its log.

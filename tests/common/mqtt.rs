@@ -42,9 +42,15 @@ impl Mosquitto {
     /// Starts Mosquitto with its persistence in `dir`. `gateway_listener`, if given, is the
     /// body of a second `listener` block (TLS files, password file...).
     pub fn start(dir: &Path, gateway_listener: Option<&str>) -> Mosquitto {
+        Mosquitto::start_with(dir, gateway_listener, "")
+    }
+
+    /// [`Mosquitto::start`] with `extra` general settings (lines of mosquitto.conf, like
+    /// `max_queued_messages 0` or another `log_dest`) before the listeners.
+    pub fn start_with(dir: &Path, gateway_listener: Option<&str>, extra: &str) -> Mosquitto {
         let plain_port = free_port();
         let mut conf = format!(
-            "per_listener_settings true\npersistence true\npersistence_location {}/\nautosave_interval 1\nlog_dest stderr\nlog_type error\nuser root\n\nlistener {plain_port} 127.0.0.1\nallow_anonymous true\n",
+            "per_listener_settings true\npersistence true\npersistence_location {}/\nautosave_interval 1\nlog_dest stderr\nlog_type error\nuser root\n{extra}\nlistener {plain_port} 127.0.0.1\nallow_anonymous true\n",
             dir.display()
         );
         let port = match gateway_listener {
