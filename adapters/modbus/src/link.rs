@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_modbus::client::{Context, Reader, Writer};
-use tokio_modbus::prelude::SlaveContext;
+use tokio_modbus::client::{Client, Context, Writer};
+use tokio_modbus::prelude::{Request, Response, SlaveContext};
 use tokio_modbus::{ExceptionCode, Slave};
 
 use crate::config::{ModbusConfig, Parity, Table, Transport};
@@ -141,30 +141,42 @@ impl Link {
     ) -> Result<Data, Failure> {
         self.ctx.set_slave(Slave(unit));
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let ctx = &mut self.ctx;
-        let data = match table {
-            Table::Coil => Data::Bits(finish(self.timeout, ctx.read_coils(start, count)).await?),
-            Table::DiscreteInput => {
-                Data::Bits(finish(self.timeout, ctx.read_discrete_inputs(start, count)).await?)
-            }
-            Table::InputRegister => {
-                Data::Words(finish(self.timeout, ctx.read_input_registers(start, count)).await?)
-            }
-            Table::HoldingRegister => {
-                Data::Words(finish(self.timeout, ctx.read_holding_registers(start, count)).await?)
-            }
+        let request = match table {
+            Table::Coil => Request::ReadCoils(start, count),
+            Table::DiscreteInput => Request::ReadDiscreteInputs(start, count),
+            Table::InputRegister => Request::ReadInputRegisters(start, count),
+            Table::HoldingRegister => Request::ReadHoldingRegisters(start, count),
         };
-        let got = match &data {
-            Data::Words(w) => w.len(),
-            Data::Bits(b) => b.len(),
-        };
-        // A short answer would leave points without data: treat it as not ours.
-        if got < usize::from(count) {
-            return Err(Failure::Desync(format!(
-                "asked for {count} values, got {got}"
-            )));
+        // `call`, not `read_holding_registers` and co: those assert (in debug builds) that
+        // the device answered with as many values as asked, and a device can answer with
+        // anything (found by the `modbus_response` fuzz target). The count is checked here.
+        let response = finish(self.timeout, self.ctx.call(request)).await?;
+        let want = usize::from(count);
+        match response {
+            Response::ReadCoils(mut bits) | Response::ReadDiscreteInputs(mut bits)
+                if bits.len() >= want =>
+            {
+                // Bits come in whole bytes: the padding of the last one goes.
+                bits.truncate(want);
+                Ok(Data::Bits(bits))
+            }
+            Response::ReadInputRegisters(words) | Response::ReadHoldingRegisters(words)
+                if words.len() == want =>
+            {
+                Ok(Data::Words(words))
+            }
+            // A short (or long) answer would leave points without data, or shift them:
+            // treat it as not ours.
+            Response::ReadCoils(v) | Response::ReadDiscreteInputs(v) => Err(Failure::Desync(
+                format!("asked for {count} values, got {}", v.len()),
+            )),
+            Response::ReadInputRegisters(v) | Response::ReadHoldingRegisters(v) => Err(
+                Failure::Desync(format!("asked for {count} values, got {}", v.len())),
+            ),
+            other => Err(Failure::Desync(format!(
+                "asked for {count} values, got another kind of answer: {other:?}"
+            ))),
         }
-        Ok(data)
     }
 
     /// Writes registers to `unit` (function 6 for one, 16 for several).

@@ -743,3 +743,52 @@ async fn registers_a_device_ignores_rest_alone_while_the_rest_keeps_flowing() {
     );
     run.stop().await;
 }
+
+/// A device that answers a read of 2 registers with 1 (a well-formed frame, the wrong
+/// count). tokio-modbus's `read_holding_registers` asserts the count in debug builds, so
+/// this panicked the adapter task before the link used `call` (found by the
+/// `modbus_response` fuzz target). Now it is a desync: counted, the link kept, no panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_answer_is_a_desync_not_a_panic() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut req = [0u8; 12];
+        while s.read_exact(&mut req).await.is_ok() {
+            // MBAP: same transaction id, protocol 0, length 5, unit; PDU: function 3, one
+            // register's worth of bytes.
+            let answer = [req[0], req[1], 0, 0, 0, 5, req[6], 3, 2, 0x12, 0x34];
+            if s.write_all(&answer).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut run = start(&format!(
+        r#"
+        transport = "tcp"
+        address = "{addr}"
+        interval = "50ms"
+        [[devices]]
+        id = "d"
+        [[devices.points]]
+        name = "p"
+        address = "40001"
+        type = "u32"
+        "#
+    ));
+    let got = run.until(Duration::from_secs(5), |r| !r.is_empty()).await;
+    assert_ne!(
+        got[0].quality,
+        Quality::Good,
+        "no value from a short answer"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        run.stats.desyncs.load(Ordering::Relaxed) >= 2,
+        "each short answer is counted, and polling goes on"
+    );
+    assert!(!run.task.is_finished(), "the adapter is still running");
+    run.stop().await;
+}
