@@ -705,7 +705,7 @@ impl Queue {
     /// the queue is empty.
     ///
     /// Freed pages go to the database's free list and take the next appends without the file
-    /// growing. The delete itself is a write: see [`Queue::checkpoint`].
+    /// growing. The delete itself is a write: see [`Queue::relieve_disk`].
     pub fn drop_oldest_bytes(&mut self, at_least: u64) -> Result<u64, QueueError> {
         let tx = self
             .conn
