@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_modbus::client::{Client, Context, Writer};
+use tokio_modbus::client::{Client, Context};
 use tokio_modbus::prelude::{Request, Response, SlaveContext};
 use tokio_modbus::{ExceptionCode, Slave};
 
@@ -186,20 +186,55 @@ impl Link {
         start: u16,
         words: &[u16],
     ) -> Result<(), Failure> {
-        self.ctx.set_slave(Slave(unit));
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let ctx = &mut self.ctx;
         match words {
-            [one] => finish(self.timeout, ctx.write_single_register(start, *one)).await,
-            many => finish(self.timeout, ctx.write_multiple_registers(start, many)).await,
+            [one] => {
+                self.write(
+                    unit,
+                    Request::WriteSingleRegister(start, *one),
+                    Response::WriteSingleRegister(start, *one),
+                )
+                .await
+            }
+            many => {
+                let n = u16::try_from(many.len()).unwrap_or(u16::MAX);
+                self.write(
+                    unit,
+                    Request::WriteMultipleRegisters(start, many.into()),
+                    Response::WriteMultipleRegisters(start, n),
+                )
+                .await
+            }
         }
     }
 
     /// Writes one coil of `unit` (function 5).
     pub async fn write_coil(&mut self, unit: u8, address: u16, on: bool) -> Result<(), Failure> {
+        self.write(
+            unit,
+            Request::WriteSingleCoil(address, on),
+            Response::WriteSingleCoil(address, on),
+        )
+        .await
+    }
+
+    /// Sends a write and checks that the answer echoes it. Through `call`: tokio-modbus's
+    /// `write_*` methods assert the echo in debug builds, and a device can answer anything.
+    async fn write(
+        &mut self,
+        unit: u8,
+        request: Request<'_>,
+        echo: Response,
+    ) -> Result<(), Failure> {
         self.ctx.set_slave(Slave(unit));
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        finish(self.timeout, self.ctx.write_single_coil(address, on)).await
+        let response = finish(self.timeout, self.ctx.call(request)).await?;
+        if response == echo {
+            Ok(())
+        } else {
+            Err(Failure::Desync(format!(
+                "the answer to a write does not echo it: {response:?}"
+            )))
+        }
     }
 }
 
