@@ -131,11 +131,6 @@ for t in "${targets[@]}"; do
     else
         result="no crash"
     fi
-    # modbus_response lets the known tokio-modbus debug assertions unwind; say which fired.
-    known=$(sed -n 's|.*known finding, suppressed: .*/\(src/[^:]*:[0-9]*\):.*|\1|p' "$log" | sort -u | paste -sd ' ')
-    if [[ -n $known ]]; then
-        result="$result; known tokio-modbus debug_assert hit and suppressed at $known"
-    fi
     dur=$((end - start))
     total=$((total + dur))
     printf '%s: %s s, %s executions, %s exec/s, cov %s ft %s corpus %s, peak RSS %s MB: %s\n' \

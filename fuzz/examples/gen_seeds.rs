@@ -321,23 +321,34 @@ fn modbus_poll() -> Vec<u8> {
 /// raw bytes, and finally a closed connection.
 fn modbus_faults() -> Vec<u8> {
     let mut s = Vec::new();
-    s.extend([0x01, 0x02]); // coils 0-3: illegal data address → split into 0 and 3
-    s.extend(ok(&[1])); // coil 0
-    s.extend([0x01, 0x02]); // coil 3 alone: illegal address → read alone from now on
-    s.extend([0x10, 0x00, 1, 0xAA]); // discrete input 10, then a stray byte
-    s.extend([
-        0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-    ]); // input registers: not ours (desync)
-    s.extend([0x20]); // the retry: silence (timeout)
-    s.extend([0x40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // wrong length / CRC
-    s.extend([0x80]); // holding registers 0-22, in two pieces
-    s.extend(std::iter::repeat_n(0x11, 46));
+    // Coils 0-3: illegal data address, so the read is split into coil 0 and coil 3.
+    s.extend([0x01, 0x02]);
+    s.extend(ok(&[1]));
+    // Coil 3 alone: illegal data address again, so it is read alone from now on.
+    s.extend([0x01, 0x02]);
+    // Discrete input 10, then a stray byte.
+    s.extend([0x10, 0x00, 1, 0xAA]);
+    // Input registers: not ours (another transaction id or unit, a desync).
+    s.extend([0x08, 0x00]);
+    s.extend([0; 12]);
+    // The retry: silence (a timeout).
+    s.push(0x20);
+    // Then a wrong length (TCP) or CRC (RTU).
+    s.push(0x40);
+    s.extend([0; 12]);
+    // Holding registers 0-22, written in two pieces split at byte 9.
+    s.push(0x80);
+    s.extend([0x11; 46]);
     s.push(9);
-    s.extend([0x01, 0x0B]); // drive: gateway target device failed to respond
-                            // The function code, then a byte count of 7 that the 3 bytes after it do not match.
-                            // (A consistent but short answer is the known finding; see the target's doc.)
+    // drive: gateway target device failed to respond.
+    s.extend([0x01, 0x0B]);
+    // The function code, a byte count of 2 and one register: a short answer (the finding of
+    // 26a2b6b), then the retry: a byte count of 7 that the 3 bytes after it do not match.
+    s.extend([0x02, 3, 0x02, 0x00, 0x01]);
     s.extend([0x02, 3, 0x07, 0x00, 0x01]);
-    s.extend([0x03, 5, 0x00, 0x01, 0x00, 0x00, 0x00]); // raw bytes, no framing
-    s.extend([0x04, 0x00, 1]); // an answer, then the connection closes
+    // Raw bytes, no framing.
+    s.extend([0x03, 5, 0x00, 0x01, 0x00, 0x00, 0x00]);
+    // An answer, then the connection closes.
+    s.extend([0x04, 0x00, 1]);
     s
 }

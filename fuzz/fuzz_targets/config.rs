@@ -2,7 +2,8 @@
 //! (`Config::load` reads the file and calls what `Config::from_toml` calls): TOML parsing,
 //! `FIELDGATE_*` environment overrides, every section and adapter kind, rules and alerts,
 //! secrets, TLS files, and the cross-checks (unique ids, uplinks naming adapters, two
-//! writers on one file).
+//! writers on one file); then, as `check` does, `exposed_secrets` (the warnings about
+//! secrets other users can read).
 //!
 //! The input is the file's text (invalid UTF-8 is what `check` refuses before parsing, so
 //! it is skipped). Text after the first NUL (which TOML never contains) is environment
@@ -61,6 +62,9 @@ fuzz_target!(|data: &[u8]| {
     }));
 
     let loaded = Config::from_toml(config_file(), toml, &env);
+    for w in fieldgate::config::exposed_secrets(config_file(), toml) {
+        assert!(!w.trim().is_empty(), "an empty warning");
+    }
     if std::env::var_os("CONFIG_FUZZ_DEBUG").is_some() {
         match &loaded {
             Ok(c) => eprintln!(
