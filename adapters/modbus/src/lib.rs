@@ -354,7 +354,13 @@ impl Modbus {
                 return Ok(());
             }
             if let Err(why) = conn.ensure(&self.config, &self.stats, now).await {
-                let rest = points_of(std::iter::once(&block).chain(&work));
+                let rest = points_of(
+                    unanswered
+                        .iter()
+                        .map(|(b, _)| b)
+                        .chain(std::iter::once(&block))
+                        .chain(&work),
+                );
                 return send_stale(dev, &rest, &why, ctx).await;
             }
             let result = tokio::select! {
@@ -433,7 +439,13 @@ impl Modbus {
                 }
                 Err(f @ Failure::Transport(_)) => {
                     conn.drop_link(&f, &ctx.id);
-                    let rest = points_of(std::iter::once(&block).chain(&work));
+                    let rest = points_of(
+                        unanswered
+                            .iter()
+                            .map(|(b, _)| b)
+                            .chain(std::iter::once(&block))
+                            .chain(&work),
+                    );
                     ctx.readings.send_all(out).await?;
                     return send_stale(dev, &rest, &f.reason(), ctx).await;
                 }
