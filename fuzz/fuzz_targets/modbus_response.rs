@@ -35,7 +35,12 @@
 //! wrong count or echo panicked the adapter's task in builds with debug assertions (this
 //! one's included). Fixed in `link.rs` (26a2b6b reads, 2f12d5d writes: `Client::call` and our
 //! own checks, a mismatch is a desync); the inputs are regression tests in
-//! adapters/modbus/tests/fuzz_regressions.rs.
+//! adapters/modbus/tests/fuzz_regressions.rs. The check "every point is reported" then found
+//! that `poll_device` (lib.rs) gives no reading at all to the points of a block that went
+//! unanswered when a later block of the same poll fails with a transport error or cannot
+//! reconnect (artifacts/modbus_response/minimized-point-never-reported, 47 bytes; the
+//! ignored tests `an_unanswered_block_then_*` in fuzz_regressions.rs). While that is open,
+//! `MODBUS_FUZZ_NO_REPORT_CHECK=1` turns the check off to look for anything else.
 
 #![no_main]
 
@@ -603,7 +608,10 @@ fn end_to_end(data: &[u8]) {
             }
             *seen.entry(key).or_default() += 1;
         }
-        for key in w.points.keys() {
+        // MODBUS_FUZZ_NO_REPORT_CHECK=1 turns this check off (to look for other crashes while
+        // a bug it finds is open).
+        let check_reported = std::env::var_os("MODBUS_FUZZ_NO_REPORT_CHECK").is_none();
+        for key in w.points.keys().filter(|_| check_reported) {
             assert!(
                 seen.contains_key(key),
                 "point {key:?} was never reported in {RUN_FOR:?}; readings per point: {seen:?}"
