@@ -242,19 +242,31 @@ impl Committer {
     /// After a successful commit: true once, when the disk has been fine for long enough
     /// after being full and the reserve could be written again.
     async fn disk_cleared(&mut self) -> bool {
-        match self.disk.last {
-            Some(t) if t.elapsed() >= self.disk.clear_after => {
-                if !self.queue.restore_reserve().await {
-                    self.disk.last = Some(Instant::now());
-                    return false;
-                }
-                self.disk.last = None;
-                tracing::info!("disk has room again: the queue writes normally");
-                self.board.disk_full(None, 0);
-                true
-            }
-            _ => false,
+        let due = self
+            .disk
+            .last
+            .is_some_and(|t| t.elapsed() >= self.disk.clear_after);
+        if due && self.reserve_back().await {
+            self.disk_fine();
+            return true;
         }
+        false
+    }
+
+    /// Writes the disk reserve again; if the disk has no room for it, it is still full.
+    async fn reserve_back(&mut self) -> bool {
+        let back = self.queue.restore_reserve().await;
+        if !back {
+            self.disk.last = Some(Instant::now());
+        }
+        back
+    }
+
+    /// Ends a disk-full episode.
+    fn disk_fine(&mut self) {
+        self.disk.last = None;
+        tracing::info!("disk has room again: the queue writes normally");
+        self.board.disk_full(None, 0);
     }
 
     /// When the writer, idle, should see whether a full disk has room again
@@ -266,8 +278,7 @@ impl Committer {
     /// Commits the disk-full alert's clearing on its own, which is also the test that the
     /// disk takes writes again; if it does not, the disk is still full.
     pub async fn try_clear(&mut self) {
-        if !self.queue.restore_reserve().await {
-            self.disk.last = Some(Instant::now());
+        if !self.reserve_back().await {
             return;
         }
         let mut batch = Batch::default();
@@ -277,9 +288,7 @@ impl Committer {
         match self.queue.append_stamped(batch, stamp).await.0 {
             Ok(_) => {
                 self.report.committed += 1;
-                self.disk.last = None;
-                tracing::info!("disk has room again: the queue writes normally");
-                self.board.disk_full(None, 0);
+                self.disk_fine();
             }
             Err(e) => {
                 if !e.is_disk_full() {

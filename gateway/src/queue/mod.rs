@@ -710,17 +710,8 @@ impl Queue {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (Some(first), Some(last)) = seq_range(&tx)? else {
-            return Ok(0);
-        };
-        let depth = last - first + 1;
-        let per_row = (used_bytes(&tx)? / depth).max(1);
-        let n = at_least.div_ceil(per_row).clamp(1, depth);
-        let dropped = Self::delete_through(&tx, first + n - 1)?;
-        tx.execute(
-            "UPDATE state SET dropped_oldest = dropped_oldest + ?1 WHERE id = 1",
-            [dropped as i64],
-        )?;
+        let used = used_bytes(&tx)?;
+        let dropped = Self::drop_front(&tx, used, |per_row| at_least.div_ceil(per_row))?;
         tx.commit()?;
         Ok(dropped)
     }
@@ -760,16 +751,24 @@ impl Queue {
     /// Deletes enough of the oldest rows to bring live bytes under `max` with room for
     /// `incoming` more rows. Returns how many were dropped.
     fn drop_oldest(tx: &Connection, used: u64, max: u64, incoming: u64) -> Result<u64, QueueError> {
-        let (first, last) = seq_range(tx)?;
-        let (Some(first), Some(last)) = (first, last) else {
-            return Ok(0); // nothing to drop; the cap is smaller than the fixed overhead
+        // An empty queue has nothing to drop: the cap is smaller than the fixed overhead.
+        Self::drop_front(tx, used, |per_row| (used - max) / per_row + 1 + incoming)
+    }
+
+    /// Deletes the `rows(per_row)` oldest readings (at least one, at most all), where
+    /// `per_row` is the average live bytes of a row, and counts them as `dropped_oldest`.
+    /// Returns how many; 0 when the queue is empty.
+    fn drop_front(
+        tx: &Connection,
+        used: u64,
+        rows: impl FnOnce(u64) -> u64,
+    ) -> Result<u64, QueueError> {
+        let (Some(first), Some(last)) = seq_range(tx)? else {
+            return Ok(0);
         };
         let depth = last - first + 1;
-        let per_row = (used / depth).max(1);
-        let excess_rows = (used - max) / per_row + 1;
-        let n = (excess_rows + incoming).min(depth);
-        let through = first + n - 1;
-        let dropped = Self::delete_through(tx, through)?;
+        let n = rows((used / depth).max(1)).clamp(1, depth);
+        let dropped = Self::delete_through(tx, first + n - 1)?;
         tx.execute(
             "UPDATE state SET dropped_oldest = dropped_oldest + ?1 WHERE id = 1",
             [dropped as i64],
