@@ -4,39 +4,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use common::mqtt::free_port;
-use common::{fieldgate, signal, start, stop, wait_for, write};
+use common::{fieldgate, http, signal, start, stop, wait_for, write};
 
 const TOKEN: &str = "s3cret-token-0123456789";
-
-/// One HTTP/1.1 request; the status code and body.
-fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the status endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status");
-    (code, body.to_string())
-}
 
 fn status_json(addr: SocketAddr) -> serde_json::Value {
     let (code, body) = http(addr, "GET", "/api/status", Some(TOKEN));

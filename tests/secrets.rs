@@ -21,7 +21,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -29,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::mqtt::{free_port, Mosquitto, Subscriber};
-use common::{fieldgate, free_udp_port, signal, wait_for, write};
+use common::{fieldgate, free_udp_port, http, signal, wait_for, write};
 use fieldgate::config::Config;
 use fieldgate_lorawan::sim::{join_request, smart_pole_payload, Forwarder, SimDevice};
 
@@ -1305,30 +1304,6 @@ async fn serve(
     }
 }
 
-/// One HTTP/1.1 request to the status endpoint; the status code and body.
-fn http(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the status endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status");
-    (code, body.to_string())
-}
-
 /// The site the gateway runs: a simulator, the LoRaWAN devices, the status endpoint, an
 /// MQTT uplink with a password from a file, a ThingsBoard uplink (its access token as
 /// username) to the broker's anonymous listener, an HTTPS uplink with a bearer token from
@@ -1596,19 +1571,24 @@ fn a_running_gateway_keeps_its_secrets(rust_log: Option<&str>, json_log: bool) {
     });
     let mut served = Vec::new();
     for path in ["/", "/api/status", "/metrics", "/healthz", "/readyz"] {
-        let (code, body) = http(status, path, Some(HTTP_TOKEN));
+        let (code, body) = http(status, "GET", path, Some(HTTP_TOKEN));
         assert!(code == 200 || path == "/readyz", "{path}: {code}\n{body}");
         served.push((path.to_string(), body));
-        let (code, body) = http(status, path, Some("wrong-token-0123456789"));
+        let (code, body) = http(status, "GET", path, Some("wrong-token-0123456789"));
         if !path.ends_with('z') {
             assert_eq!(code, 401, "{path} with a wrong token");
         }
         served.push((format!("{path} (wrong token)"), body));
-        let (code, body) = http(status, &format!("{path}?token={HTTP_TOKEN}"), None);
+        let (code, body) = http(status, "GET", &format!("{path}?token={HTTP_TOKEN}"), None);
         assert!(code == 200 || path == "/readyz", "{path}?token=: {code}");
         served.push((format!("{path}?token="), body));
     }
-    let (code, body) = http(status, "/api/status?token=S3cr3t-wrong-Vb2Nm4Qz", None);
+    let (code, body) = http(
+        status,
+        "GET",
+        "/api/status?token=S3cr3t-wrong-Vb2Nm4Qz",
+        None,
+    );
     assert_eq!(code, 401);
     served.push(("/api/status with a wrong query token".into(), body));
 
@@ -1637,7 +1617,7 @@ fn a_running_gateway_keeps_its_secrets(rust_log: Option<&str>, json_log: bool) {
     wait_for("the refused reload in the log", 30, || {
         gw.log().contains("reload refused")
     });
-    let (_, after_refusal) = http(status, "/api/status", Some(HTTP_TOKEN));
+    let (_, after_refusal) = http(status, "GET", "/api/status", Some(HTTP_TOKEN));
     assert!(
         after_refusal.contains("refused"),
         "the status shows the refusal: {after_refusal}"
@@ -1738,7 +1718,7 @@ fn a_running_gateway_keeps_its_secrets(rust_log: Option<&str>, json_log: bool) {
             String::from_utf8_lossy(&out.stderr)
         ),
     ));
-    let (code, metrics) = http(status, "/metrics", Some(HTTP_TOKEN));
+    let (code, metrics) = http(status, "GET", "/metrics", Some(HTTP_TOKEN));
     assert_eq!(code, 200);
     assert!(
         metrics.contains("fieldgate_uplink_delivered_total{uplink=\"broker\"}"),
