@@ -270,11 +270,13 @@ interval = "1s"
 [[uplinks]]
 id = "cloud"
 type = "mqtt"
-url = "mqtt://127.0.0.1:1883"
+url = "mqtt://127.0.0.1:{port}"
 username = "gw"
 password = "Wr1tten-1nline-pw"
 "#,
-            dir.path().display()
+            dir.path().display(),
+            // Only checked, never connected to; still no fixed port.
+            port = common::mqtt::free_port()
         ),
     );
     let check = |mode: u32| {
